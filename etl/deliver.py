@@ -1,0 +1,294 @@
+"""One delivery of one register for one period, end to end.
+
+extract (in the database) -> minimise -> stage as Parquet -> validate -> publish or
+quarantine -> disclosure log. The command line and the DAGs both call ``deliver``; nothing
+else runs a delivery.
+
+A delivery holds a lock on its register and period for the whole run, so two runs never
+both write; it cleans what a killed run left in staging before it starts; and every attempt,
+whatever its end, leaves one row in the disclosure log.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl import __version__, drop
+from etl.audit import DisclosureLog
+from etl.extract import Extraction, parameters, run
+from etl.minimise import EVIDENCE_SCHEMA, delivered_schema, shape
+from etl.period import Period
+from etl.pseudonym import Pseudonymiser, key_from_environment
+from etl.redact import one_line
+from etl.reservations import check_fresh
+from etl.settings import Settings
+from etl.source import make_engine
+from etl.spec import Spec, find_spec
+from etl.validate import ReservationGuard, ValidationFailed, check_frame, run_suite
+
+log = logging.getLogger(__name__)
+
+EXCLUSION_REASONS = ("opt_out", "no_purpose2", "no_fnr", "invalid_fnr")
+EVIDENCE_FILE = "_evidence.parquet"
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
+
+
+@dataclass
+class DeliveryResult:
+    """What one delivery did, for the command line, the DAG's XCom and the demo summary."""
+
+    registry: str
+    delivery: str
+    period: Period
+    status: str  # published | unchanged | nothing_due
+    path: Path | None = None
+    version: int | None = None
+    row_count: int = 0
+    person_count: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form (what an Airflow task returns)."""
+        return {
+            "registry": self.registry,
+            "delivery": self.delivery,
+            "period": {"from": self.period.start.isoformat(), "to": self.period.end.isoformat()},
+            "status": self.status,
+            "path": None if self.path is None else str(self.path),
+            "version": self.version,
+            "row_count": self.row_count,
+            "person_count": self.person_count,
+            "excluded": self.excluded,
+            "validation": self.validation,
+            "files": self.files,
+        }
+
+
+@dataclass
+class Staged:
+    """The files of one run in its staging folder, before validation."""
+
+    data: Path
+    evidence: Path
+    rows: int
+    excluded: Counter[str]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def resolve_period(
+    spec: Spec, last_end: date | None, start: date | None, end: date | None, today: date
+) -> Period | None:
+    """The period to deliver; None when nothing is due (already delivered up to ``end``).
+
+    Without explicit dates the period runs from the end of the last successful delivery (or
+    ``end - lookback_days``) to today (CONTRACT.md section 3).
+    """
+    end = end or today
+    if start is None:
+        start = last_end if last_end is not None else end - timedelta(days=spec.lookback_days)
+        if start >= end:
+            return None
+    return Period(start, end)
+
+
+def file_name(spec: Spec, period: Period) -> str:
+    return f"{spec.code}_{spec.delivery}_{period.label}.parquet"
+
+
+def _stage(
+    conn: Any,
+    spec: Spec,
+    period: Period,
+    as_of: datetime,
+    staging: Path,
+    pseudonymiser: Pseudonymiser | None,
+) -> Staged:
+    """Stream the selection into the staged Parquet file and its evidence, batch by batch."""
+    extraction = Extraction()
+    data_path = staging / file_name(spec, period)
+    evidence_path = staging / EVIDENCE_FILE
+    rows, invalid = 0, 0
+    with (
+        pq.ParquetWriter(data_path, delivered_schema(spec), **PARQUET_OPTIONS) as data,
+        pq.ParquetWriter(evidence_path, EVIDENCE_SCHEMA, **PARQUET_OPTIONS) as evidence,
+    ):
+        for batch in run(conn, spec.delivery, spec, parameters(spec, period, as_of), extraction):
+            shaped = shape(batch, spec, pseudonymiser)
+            invalid += shaped.invalid_fnr
+            if shaped.delivered.num_rows:
+                data.write_batch(shaped.delivered)
+                evidence.write_batch(shaped.evidence)
+                rows += shaped.delivered.num_rows
+    excluded = Counter({reason: extraction.excluded.get(reason, 0) for reason in EXCLUSION_REASONS})
+    excluded["invalid_fnr"] = invalid
+    return Staged(data=data_path, evidence=evidence_path, rows=rows, excluded=excluded)
+
+
+def _person_count(table: pa.Table) -> int:
+    people = set(table.column("fnr").drop_null().to_pylist())
+    if "pseudonym" in table.column_names:
+        people |= set(table.column("pseudonym").drop_null().to_pylist())
+    return len(people)
+
+
+def _manifest(
+    spec: Spec,
+    period: Period,
+    as_of: datetime,
+    staged: Staged,
+    person_count: int,
+    validation: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's content; publish adds version, supersedes, files and created_at."""
+    return {
+        "registry": spec.code,
+        "registry_name": spec.name,
+        "delivery": spec.delivery,
+        "legal_basis": spec.legal_basis,
+        "period": {"from": period.start.isoformat(), "to": period.end.isoformat()},
+        "reservations_as_of": as_of.isoformat(sep=" "),
+        "row_count": staged.rows,
+        "person_count": drop.suppress_small(person_count),
+        "excluded": {r: drop.suppress_small(staged.excluded[r]) for r in EXCLUSION_REASONS},
+        "columns": delivered_schema(spec).names,
+        "spec_sha256": spec.sha256,
+        "validation": validation,
+        "software_version": __version__,
+    }
+
+
+def deliver(
+    settings: Settings,
+    code: str,
+    start: date | None = None,
+    end: date | None = None,
+    reservations_as_of: datetime | None = None,
+) -> DeliveryResult:
+    """Deliver register ``code`` for one period (see the module docstring)."""
+    spec = find_spec(settings.specs_dir, code)
+    pseudonymiser = Pseudonymiser(key_from_environment(), spec.code) if spec.pseudonymises else None
+    now = utc_now()
+    as_of = reservations_as_of or now
+    disclosure_log = DisclosureLog(settings.state_url)
+    try:
+        last_end = disclosure_log.last_delivered_end(spec.code, spec.delivery)
+        period = resolve_period(spec, last_end, start, end, now.date())
+        if period is None:
+            log.info("%s %s: delivered up to %s already", spec.code, spec.delivery, last_end)
+            due = Period(last_end, last_end + timedelta(days=1))
+            return DeliveryResult(spec.code, spec.delivery, due, "nothing_due")
+        with drop.delivery_lock(
+            settings.drop_dir, spec.code, spec.delivery, period, settings.lock_wait_seconds
+        ):
+            drop.clean_stale_staging(settings.drop_dir, spec.code, spec.delivery)
+            attempt = disclosure_log.start(
+                spec.code,
+                spec.delivery,
+                period,
+                spec.legal_basis,
+                spec.sha256,
+                delivered_schema(spec).names,
+                as_of,
+            )
+            try:
+                result = _attempt(settings, spec, period, as_of, now, pseudonymiser)
+            except ValidationFailed as exc:
+                disclosure_log.finish(
+                    attempt, "validation_failed", reason=one_line(exc), drop_path=exc.evidence_path
+                )
+                raise
+            except BaseException as exc:
+                disclosure_log.finish(attempt, "failed", reason=one_line(exc))
+                raise
+            disclosure_log.finish(
+                attempt,
+                result.status,
+                row_count=result.row_count,
+                person_count=result.person_count,
+                excluded=result.excluded,
+                files=result.files,
+                drop_path=str(result.path),
+                version=result.version,
+            )
+            return result
+    finally:
+        disclosure_log.close()
+
+
+def _attempt(
+    settings: Settings,
+    spec: Spec,
+    period: Period,
+    as_of: datetime,
+    now: datetime,
+    pseudonymiser: Pseudonymiser | None,
+) -> DeliveryResult:
+    engine = make_engine(settings.source_url)
+    staging = drop.staging_dir(settings.drop_dir, spec.code, spec.delivery, period)
+    try:
+        with engine.connect() as conn:
+            check_fresh(conn, settings.reservation_max_age_hours, now)
+            staged = _stage(conn, spec, period, as_of, staging, pseudonymiser)
+            guard = ReservationGuard.read(conn, spec, as_of)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        engine.dispose()
+
+    delivered = pq.read_table(staged.data)
+    frame = check_frame(
+        delivered.to_pandas(),
+        pq.read_table(staged.evidence).to_pandas(),
+        spec,
+        period,
+        guard,
+        pseudonymiser,
+    )
+    report = run_suite(frame, spec)
+    person_count = _person_count(delivered)
+    log.info(
+        "%s %s %s: %d rows, %d persons, validation %s",
+        spec.code,
+        spec.delivery,
+        period.label,
+        staged.rows,
+        person_count,
+        "passed" if report.success else "FAILED",
+    )
+    if not report.success:
+        where = drop.quarantine(
+            settings.drop_dir, spec.code, spec.delivery, period, staging, report.to_dict()
+        )
+        raise ValidationFailed(report, str(where))
+
+    staged.evidence.unlink()
+    manifest = _manifest(spec, period, as_of, staged, person_count, report.summary())
+    published = drop.publish(settings.drop_dir, spec.code, spec.delivery, period, staging, manifest)
+    return DeliveryResult(
+        registry=spec.code,
+        delivery=spec.delivery,
+        period=period,
+        status=published.status,
+        path=published.path,
+        version=published.version,
+        row_count=staged.rows,
+        person_count=person_count,
+        excluded=dict(staged.excluded),
+        validation=report.summary(),
+        files=published.files,
+    )

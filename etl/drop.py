@@ -1,0 +1,451 @@
+"""Atomic publication of one delivery's drop (write-audit-publish, contract section 4).
+
+A register polls ``<drop_dir>/<CODE>/<delivery>/`` and must never see a half-written drop.
+So a delivery writes its Parquet files into a private staging folder on the same filesystem
+(``<drop_dir>/.work/<CODE>/<delivery>/staging/``), publication writes ``manifest.json``
+last, fsyncs, and renames the whole folder into place: a directory rename is atomic, so the
+period folder appears complete or not at all. Staging folders and lock files live under
+``.work/``, never inside a register's folder, so a register listing its folder sees only
+published drops.
+
+A rerun whose data files are byte-for-byte those of the latest version writes nothing; a
+changed rerun is published beside it as ``<from>_<to>.v2`` (then ``.v3`` ...), its manifest
+naming the folder it supersedes. Published folders are never modified or replaced.
+
+A failed validation publishes nothing: the staging folder goes to
+``<drop_dir>/_quarantine/<CODE>/<delivery>/`` with its report, outside every register's folder.
+
+Drops hold identity numbers, so folders are created 0o750 and files 0o640 by default (the
+process umask would otherwise decide). Operators override the modes with the environment
+variables ``LEVERANSE_DIR_MODE`` and ``LEVERANSE_FILE_MODE`` as octal strings (``"700"``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
+
+from etl.period import Period
+
+DEFAULT_DIR_MODE = 0o750
+DEFAULT_FILE_MODE = 0o640
+MANIFEST = "manifest.json"
+REPORT = "validation_report.json"
+QUARANTINE = "_quarantine"
+SMALL_CELL = 5
+
+_WORK = ".work"
+_STAGING = "staging"
+_LOCKS = "locks"
+_CODE = re.compile(r"[A-Z0-9_]+")
+_DELIVERY = re.compile(r"[a-z_]+")
+_LOCK_POLL_SECONDS = 0.05
+
+
+class DropError(RuntimeError):
+    """The drop folder is not in the state publication relies on."""
+
+
+class DeliveryLocked(DropError):
+    """Another run holds the lock of the same register, delivery and period."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """The outcome of publish: where the period's current version lives and what it holds.
+
+    ``status`` is "published" when a new version folder was written and "unchanged" when the
+    latest version already held exactly these data files (then nothing was written and
+    ``manifest`` is the existing version's manifest).
+    """
+
+    status: Literal["published", "unchanged"]
+    path: Path
+    version: int
+    supersedes: str | None
+    files: list[dict[str, Any]]
+    manifest: dict[str, Any]
+
+
+def suppress_small(n: int) -> int | str:
+    """A count as published tables show it: 1..4 become "<5" so nobody can be singled out."""
+    if n < 0:
+        raise ValueError(f"a count cannot be negative: {n}")
+    return "<5" if 0 < n < SMALL_CELL else n
+
+
+def staging_dir(drop_dir: Path, code: str, delivery: str, period: Period) -> Path:
+    """A fresh private folder for one run's data files, beside the final place.
+
+    Its name ``<from>_<to>.<host>.<pid>.<random>`` lets clean_stale_staging tell a live run's
+    folder from one left by a killed run, also when workers on several hosts share the drop.
+    """
+    parent = _make_dirs(_work_root(drop_dir, code, delivery) / _STAGING)
+    path = parent / f"{period.label}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
+    path.mkdir()
+    path.chmod(_dir_mode())
+    return path
+
+
+def publish(
+    drop_dir: Path,
+    code: str,
+    delivery: str,
+    period: Period,
+    staging: Path,
+    manifest: dict[str, Any],
+) -> Published:
+    """Publish the data files in ``staging`` as the period's next version, or as unchanged.
+
+    The caller holds delivery_lock. The staging folder is consumed whatever happens: renamed
+    into place, removed when unchanged, and removed when publication fails, so a long-lived
+    worker process does not accumulate folders of personal data that no cleanup would reclaim.
+    """
+    root = _owning_root(drop_dir, code, delivery, staging)
+    try:
+        return _publish(root, period, staging, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def quarantine(
+    drop_dir: Path,
+    code: str,
+    delivery: str,
+    period: Period,
+    staging: Path,
+    report: dict[str, Any],
+) -> Path:
+    """Move a run that failed validation out of reach of the register, with its report.
+
+    The evidence is kept for the operator who investigates; it lives under ``_quarantine``
+    rather than the register's folder, so a register never picks it up. The report must hold
+    counts and expectation names only, never record values.
+    """
+    _owning_root(drop_dir, code, delivery, staging)
+    parent = _make_dirs(Path(drop_dir) / QUARANTINE / code / delivery)
+    target = parent / f"{period.label}.{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
+    os.rename(staging, target)
+    target.chmod(_dir_mode())
+    for path in target.iterdir():
+        if path.is_file():
+            path.chmod(_file_mode())
+    _write_json(target / REPORT, report)
+    _fsync_dir(target)
+    _fsync_dir(parent)
+    return target
+
+
+@contextmanager
+def delivery_lock(
+    drop_dir: Path, code: str, delivery: str, period: Period, wait_seconds: float
+) -> Iterator[None]:
+    """Hold an exclusive lock on one register's delivery of one period.
+
+    Two runs of the same period would otherwise both pick the same next version number.
+    flock is released by the kernel when the process dies, so a killed run never leaves a
+    lock behind; the lock file itself stays (removing it would race with a waiting run).
+    """
+    folder = _make_dirs(_work_root(drop_dir, code, delivery) / _LOCKS)
+    fd = os.open(folder / f"{period.label}.lock", os.O_RDWR | os.O_CREAT, _file_mode())
+    try:
+        _acquire(fd, wait_seconds, f"{code} {delivery} {period.label}")
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def clean_stale_staging(drop_dir: Path, code: str, delivery: str) -> int:
+    """Remove staging folders of this host whose process is gone; return how many.
+
+    A killed run cannot clean up after itself. Folders of other hosts are left alone: their
+    pids mean nothing here, and the run owning them may be alive.
+    """
+    folder = _work_root(drop_dir, code, delivery) / _STAGING
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        owner = _staging_owner(entry.name)
+        if owner is None or owner[0] != _host() or _alive(owner[1]):
+            continue
+        try:
+            shutil.rmtree(entry)
+        except FileNotFoundError:  # a run of another period cleaned it first
+            continue
+        removed += 1
+    return removed
+
+
+def latest_version(
+    drop_dir: Path, code: str, delivery: str, period: Period
+) -> tuple[Path, int] | None:
+    """The newest published folder of the period and its version number, if any."""
+    return _latest(_delivery_root(drop_dir, code, delivery), period)
+
+
+def _latest(root: Path, period: Period) -> tuple[Path, int] | None:
+    if not root.is_dir():
+        return None
+    pattern = re.compile(rf"{re.escape(period.label)}(?:\.v([2-9]|[1-9]\d+))?")
+    versions = [
+        (int(match.group(1) or 1), entry)
+        for entry in root.iterdir()
+        if (match := pattern.fullmatch(entry.name)) and entry.is_dir()
+    ]
+    if not versions:
+        return None
+    version, path = max(versions)
+    return path, version
+
+
+def _publish(root: Path, period: Period, staging: Path, manifest: dict[str, Any]) -> Published:
+    _make_dirs(root)
+    files = _data_files(staging)
+    latest = _latest(root, period)
+    supersedes, version = None, 1
+    if latest is not None:
+        existing = _read_manifest(latest[0])
+        if _fingerprint(existing["files"]) == _fingerprint(files):
+            shutil.rmtree(staging)
+            return Published("unchanged", latest[0], latest[1], None, existing["files"], existing)
+        supersedes, version = latest[0].name, latest[1] + 1
+    content = manifest | {
+        "version": version,
+        "supersedes": supersedes,
+        "files": files,
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    for entry in files:
+        _seal(staging / entry["name"])
+    written = _write_json(staging / MANIFEST, content)
+    staging.chmod(_dir_mode())
+    _fsync_dir(staging)
+    target = root / (period.label if version == 1 else f"{period.label}.v{version}")
+    _rename_no_replace(staging, target)
+    _fsync_dir(root)
+    return Published("published", target, version, supersedes, files, written)
+
+
+def _data_files(staging: Path) -> list[dict[str, Any]]:
+    """{name, sha256, bytes, rows} of each Parquet file in the staging folder, by name."""
+    entries = sorted(staging.iterdir())
+    strays = [p.name for p in entries if not (p.is_file() and p.suffix == ".parquet")]
+    if strays or not entries:
+        found = ", ".join(strays) or "nothing"
+        raise DropError(f"staging folder {staging} must hold only Parquet files; found {found}")
+    return [_describe(path) for path in entries]
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    with path.open("rb") as data:
+        sha256 = hashlib.file_digest(data, "sha256").hexdigest()
+    return {
+        "name": path.name,
+        "sha256": sha256,
+        "bytes": path.stat().st_size,
+        "rows": pq.read_metadata(path).num_rows,
+    }
+
+
+def _fingerprint(files: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((entry["name"], entry["sha256"]) for entry in files)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DropError(
+            f"published folder {folder} has no {MANIFEST}; it was not written by publish, "
+            "so it must be inspected by hand before this period can be delivered again"
+        ) from None
+
+
+def _rename_no_replace(source: Path, target: Path) -> None:
+    """Rename a folder into place, never over an existing drop.
+
+    The delivery lock makes a competing writer unlikely; this is the last line of defence.
+    os.rename refuses a non-empty target (and every published folder holds a manifest).
+    """
+    if target.exists():
+        raise DropError(f"{target} appeared while publishing; nothing was overwritten")
+    try:
+        os.rename(source, target)
+    except OSError as error:
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise DropError(
+                f"{target} appeared while publishing; nothing was overwritten"
+            ) from error
+        raise
+
+
+def _seal(path: Path) -> None:
+    """Give a data file the drop's file mode and force it to disk before the manifest."""
+    path.chmod(_file_mode())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> dict[str, Any]:
+    """Write a JSON document once (sorted keys, indent 2, UTF-8, final newline), fsynced.
+
+    Returns the document as a reader will load it (dates as ISO text), so what publish
+    returns is exactly what the register gets.
+    """
+    text = json.dumps(content, sort_keys=True, indent=2, ensure_ascii=False, default=_iso) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode())
+    os.fchmod(fd, _file_mode())
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    return json.loads(text)
+
+
+def _iso(value: Any) -> str:
+    """Dates and timestamps in a manifest as ISO text; anything else is a caller's bug."""
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable in a manifest: {type(value).__name__}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, wait_seconds: float, what: str) -> None:
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                holder = os.pread(fd, 128, 0).decode(errors="replace").strip() or "unknown"
+                raise DeliveryLocked(
+                    f"{what} is being delivered by another run (lock holder {holder}); "
+                    f"gave up after {wait_seconds:g} s"
+                ) from None
+            time.sleep(min(_LOCK_POLL_SECONDS, remaining))
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{_host()}:{os.getpid()}\n".encode(), 0)
+            return
+
+
+def _delivery_root(drop_dir: Path, code: str, delivery: str) -> Path:
+    """``<drop_dir>/<CODE>/<delivery>``; the names are checked so they cannot climb out."""
+    if not _CODE.fullmatch(code):
+        raise ValueError(f"registry code must match [A-Z0-9_]+, got {code!r}")
+    if not _DELIVERY.fullmatch(delivery):
+        raise ValueError(f"delivery type must match [a-z_]+, got {delivery!r}")
+    return Path(drop_dir) / code / delivery
+
+
+def _work_root(drop_dir: Path, code: str, delivery: str) -> Path:
+    """``<drop_dir>/.work/<CODE>/<delivery>``: staging and locks, on the drop's filesystem."""
+    _delivery_root(drop_dir, code, delivery)  # the same checks on the names
+    return Path(drop_dir) / _WORK / code / delivery
+
+
+def _owning_root(drop_dir: Path, code: str, delivery: str, staging: Path) -> Path:
+    """The delivery folder, after checking ``staging`` is one of its staging folders.
+
+    publish removes and quarantine moves the folder it is given; this keeps a wrong argument
+    from costing a published drop.
+    """
+    root = _delivery_root(drop_dir, code, delivery)
+    if (
+        Path(staging).resolve().parent
+        != (_work_root(drop_dir, code, delivery) / _STAGING).resolve()
+    ):
+        raise ValueError(f"{staging} is not a staging folder of {code} {delivery}")
+    return root
+
+
+def _make_dirs(path: Path) -> Path:
+    """Create path and its missing parents with the drop's folder mode (mkdir obeys umask)."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # a concurrent run created it and sets its mode
+            continue
+        folder.chmod(_dir_mode())
+    return path
+
+
+def _staging_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) from a staging folder name, or None for a name staging_dir did not make."""
+    parts = name.split(".")
+    if len(parts) != 4 or not parts[2].isdigit():
+        return None
+    return parts[1], int(parts[2])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _host() -> str:
+    """This host's name without dots, so it fits in a staging folder name."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _mode(variable: str, default: int) -> int:
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        mode = int(raw.removeprefix("0o"), 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{variable} must be an octal permission mode such as 750, got {raw!r}")
+    return mode
+
+
+def _dir_mode() -> int:
+    return _mode("LEVERANSE_DIR_MODE", DEFAULT_DIR_MODE)
+
+
+def _file_mode() -> int:
+    return _mode("LEVERANSE_FILE_MODE", DEFAULT_FILE_MODE)

@@ -1,0 +1,164 @@
+"""The selection of one delivery, run inside the database and streamed out as Arrow.
+
+Each delivery type has a file in sql/ that includes sql/selection.sql (which records qualify
+and which reservation keeps a record out) and adds its own final SELECT. The database
+does the selection, the joins and the reservation filtering; Python only receives the records
+that go out, plus one count per reason for the records left out.
+
+The spec's code patterns and sectors become rows of a VALUES list whose cells are bound
+parameters: the SQL text depends only on how many there are, never on their values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+from sqlalchemy.engine import Connection
+
+from etl.period import Period
+from etl.source import sql_text, stream
+from etl.spec import Spec
+
+# Every column a delivery query may return, with its Arrow type. Queries return a subset.
+RAW_TYPES: dict[str, pa.DataType] = {
+    "source": pa.string(),
+    "record_id": pa.int64(),
+    "fnr": pa.string(),
+    "sex": pa.int16(),
+    "birth_year": pa.int16(),
+    "municipality": pa.string(),
+    "institution_id": pa.string(),
+    "health_trust": pa.string(),
+    "sector": pa.string(),
+    "specialty": pa.string(),
+    "care_level": pa.int16(),
+    "urgency": pa.int16(),
+    "start_date": pa.date32(),
+    "end_date": pa.date32(),
+    "discharge_status": pa.int16(),
+    "service_type": pa.int16(),
+    "received_at": pa.timestamp("us"),
+    "codes": pa.string(),
+    "no_fnr": pa.int8(),
+    "status": pa.string(),
+    "event": pa.string(),
+    "case_id": pa.string(),
+    "event_date": pa.date32(),
+    "index_date": pa.date32(),
+}
+
+# The leading columns of every delivery query: a row kind (0 = count of left-out records,
+# 1 = a record), the reason and the count on kind-0 rows.
+_CONTROL_COLUMNS = 3
+
+
+@dataclass
+class Extraction:
+    """What one delivery query produced besides its records."""
+
+    excluded: Counter[str] = field(default_factory=Counter)
+
+
+def criteria(spec: Spec) -> list[tuple[str, str, str, int]]:
+    """The spec's code patterns and sectors as (kind, low, high, negate) rows."""
+    rows: list[tuple[str, str, str, int]] = []
+    sel = spec.selection
+    for kind, codes in (
+        ("icd10", sel.icd10),
+        ("icpc2", sel.icpc2),
+        ("ncsp", sel.ncsp),
+        ("ncrp", sel.ncrp),
+    ):
+        rows.extend((kind, p.low, p.high, int(p.negate)) for p in codes.patterns)
+    rows.extend(("sector", sector, sector, 0) for sector in sel.sectors)
+    if spec.follow_up is not None:
+        rows.extend(
+            ("follow_up", p.low, p.high, int(p.negate)) for p in spec.follow_up.ncsp.patterns
+        )
+    return rows
+
+
+def render(name: str, n_criteria: int) -> str:
+    """The text of sql/<name>.sql with the shared selection and n criterion placeholders."""
+    placeholders = "".join(
+        f", (CAST(:ck{i} AS VARCHAR(16)), CAST(:cl{i} AS VARCHAR(16)),"
+        f" CAST(:ch{i} AS VARCHAR(16)), CAST(:cn{i} AS INTEGER))"
+        for i in range(n_criteria)
+    )
+    selection = sql_text("selection").replace("{{ criteria }}", placeholders)
+    return sql_text(name).replace("{{ selection }}", selection)
+
+
+def parameters(spec: Spec, period: Period, as_of: datetime) -> dict[str, Any]:
+    """The bound parameters of a delivery query."""
+    start, end = period.bounds()
+    params: dict[str, Any] = {
+        "registry": spec.code,
+        "period_start": start,
+        "period_end": end,
+        "as_of": as_of,
+        "use_npr": int("NPR" in spec.sources),
+        "use_kpr": int("KPR" in spec.sources),
+        "any_sector": int(not spec.selection.sectors),
+        "min_age": spec.selection.min_age,
+        "main_only": int(spec.selection.diagnosis_position == "main"),
+        "honour_opt_out": int(spec.reservations.registry_opt_out),
+        "pseudonymise": int(spec.pseudonymises),
+    }
+    if spec.follow_up is not None:
+        params["window_days"] = spec.follow_up.window_days
+        params["match_days"] = spec.follow_up.new_case_match_days
+    for i, (kind, low, high, negate) in enumerate(criteria(spec)):
+        params.update({f"ck{i}": kind, f"cl{i}": low, f"ch{i}": high, f"cn{i}": negate})
+    return params
+
+
+def _column(values: tuple[Any, ...], kind: pa.DataType) -> pa.Array:
+    """One column of a batch; SQLite's ISO text dates and timestamps are parsed by Arrow."""
+    sample = next((v for v in values if v is not None), None)
+    if isinstance(sample, str) and (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
+        return pa.array(values, pa.string()).cast(kind)
+    if isinstance(sample, bool):
+        values = tuple(None if v is None else int(v) for v in values)
+    return pa.array(values, kind)
+
+
+def _to_batch(names: list[str], rows: list[Any]) -> pa.RecordBatch:
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    return pa.RecordBatch.from_arrays(
+        [_column(tuple(col), RAW_TYPES[n]) for n, col in zip(names, columns, strict=True)],
+        names=names,
+    )
+
+
+def run(
+    conn: Connection,
+    name: str,
+    spec: Spec,
+    params: Mapping[str, Any],
+    extraction: Extraction,
+    batch_rows: int = 50_000,
+) -> Iterator[pa.RecordBatch]:
+    """Stream the records of sql/<name>.sql as Arrow batches of the raw columns.
+
+    Counts of left-out records are added to ``extraction.excluded`` as they arrive (they come
+    first in the result).
+    """
+    sql = render(name, len(criteria(spec)))
+    names: list[str] | None = None
+    for rows in stream(conn, sql, params, batch_rows):
+        if names is None:
+            names = list(rows[0]._fields)[_CONTROL_COLUMNS:]
+        records = []
+        for row in rows:
+            if row[0] == 0:
+                extraction.excluded[row[1]] += int(row[2])
+            else:
+                records.append(row[_CONTROL_COLUMNS:])
+        if records:
+            yield _to_batch(names, records)

@@ -1,0 +1,46 @@
+"""The reservation copy must be fresh: a stale list fails closed.
+
+Reservations are synchronised from Helsenorge into the source database. If that
+synchronisation stops, the copy silently misses everyone who reserved since, and a delivery
+would disclose them. So where the source has a reservation_sync table, a delivery refuses to
+run when its newest row is older than the allowed age (or when it has none). The rules of
+what a reservation excludes live in sql/selection.sql and, independently, etl/validate.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+
+from etl.source import sql_text
+
+
+class ReservationsStale(RuntimeError):
+    """The reservation copy is older than allowed; nothing may be delivered."""
+
+
+def _as_datetime(value: object) -> datetime:
+    """A timestamp as PostgreSQL returns it, or as SQLite stores it (ISO text)."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def check_fresh(conn: Connection, max_age_hours: float, now: datetime | None = None) -> None:
+    """Raise ReservationsStale unless the copy was refreshed within max_age_hours."""
+    if not inspect(conn).has_table("reservation_sync"):
+        return
+    newest = conn.execute(text(sql_text("reservation_sync_newest"))).scalar()
+    if newest is None:
+        raise ReservationsStale(
+            "the reservation copy has never been synchronised (reservation_sync is empty); "
+            "refusing to deliver"
+        )
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    age = now - _as_datetime(newest)
+    if age > timedelta(hours=max_age_hours):
+        hours = age.total_seconds() / 3600
+        raise ReservationsStale(
+            f"the reservation copy is {hours:.1f} hours old (allowed: {max_age_hours:g}); "
+            "refusing to deliver until it is synchronised"
+        )

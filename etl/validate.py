@@ -1,0 +1,214 @@
+"""Validation of a staged delivery with Great Expectations, before anything is published.
+
+The suite checks the file that would be published, next to evidence the extraction kept:
+- the columns are exactly the allowed set (fixed columns, the spec's variables, the type's);
+- record ids are present and each record appears once (per case and event where that applies);
+- identity numbers are well formed and valid (checked here with the scalar etl.fnr.is_valid,
+  not the vectorised check the extraction used);
+- every record qualifies by the spec's codes (the patterns evaluated in Python, not in SQL)
+  and was received in the period;
+- no delivered person has an active reservation that excludes them, computed from a separate
+  query of the reservation table (sql/reservation_guard.sql).
+
+Reports hold expectation names and counts only: Great Expectations' own results carry sample
+values, so they are reduced to counts here and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Connection
+
+from etl import fnr as fnr_rules
+from etl.codes import CodeSet
+from etl.period import Period
+from etl.pseudonym import Pseudonymiser
+from etl.source import sql_text, stream
+from etl.spec import Spec
+
+log = logging.getLogger(__name__)
+
+TYPE_COLUMNS: dict[str, set[str]] = {
+    "population": set(),
+    "complement": {"status"},
+    "new_information": {"event", "case_id"},
+}
+CHECK_COLUMNS = ("_key", "_identified", "_fnr_valid", "_qualifies", "_in_period", "_not_reserved")
+
+
+class ValidationFailed(RuntimeError):
+    """The staged delivery broke an expectation; nothing was published."""
+
+    def __init__(self, report: ValidationReport, evidence_path: str) -> None:
+        self.report, self.evidence_path = report, evidence_path
+        failed = ", ".join(report.failed)
+        super().__init__(f"validation failed ({failed}); evidence kept in {evidence_path}")
+
+
+@dataclass
+class ValidationReport:
+    success: bool
+    expectations: int
+    failed: list[str] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest's validation block."""
+        return {"success": self.success, "expectations": self.expectations, "failed": self.failed}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.summary() | {"results": self.results}
+
+
+@dataclass
+class ReservationGuard:
+    """The reservations that keep people out of a delivery, read independently."""
+
+    opt_out: set[str]
+    no_purpose2: set[str]
+    no_fnr: dict[str, set[str]]
+
+    @classmethod
+    def read(cls, conn: Connection, spec: Spec, as_of: datetime) -> ReservationGuard:
+        guard = cls(set(), set(), {"NPR": set(), "KPR": set()})
+        params = {"registry": spec.code, "as_of": as_of}
+        for rows in stream(conn, sql_text("reservation_guard"), params):
+            for person, registry, scope in rows:
+                if scope == "OPT_OUT" and spec.reservations.registry_opt_out:
+                    guard.opt_out.add(person)
+                elif scope == "NO_PURPOSE2":
+                    guard.no_purpose2.add(person)
+                elif scope == "NO_FNR":
+                    guard.no_fnr[registry].add(person)
+        return guard
+
+    def allowed(self, frame: pd.DataFrame, pseudonymiser: Pseudonymiser | None) -> pd.Series:
+        """Per row: True when no active reservation keeps this row out."""
+        fnr = frame["fnr"]
+        pseudonym = frame["pseudonym"] if "pseudonym" in frame else pd.Series(None, frame.index)
+
+        def hit(people: set[str]) -> pd.Series:
+            by_number = fnr.isin(people)
+            if pseudonymiser is None:
+                return by_number
+            return by_number | pseudonym.isin({pseudonymiser(p) for p in people})
+
+        kpr = frame["source"] == "KPR"
+        blocked = hit(self.opt_out) | (kpr & hit(self.no_purpose2))
+        for source, people in self.no_fnr.items():
+            blocked |= (frame["source"] == source) & fnr.isin(people)
+        return ~blocked
+
+
+def _qualifies(codes: list[str], spec: Spec) -> bool:
+    sel = spec.selection
+    sets: dict[str, CodeSet] = {"icd10": sel.icd10, "icpc2": sel.icpc2}
+    sets |= {"ncsp": sel.ncsp, "ncrp": sel.ncrp}
+    for entry in codes:
+        part, kind, main, code = entry.split(":")
+        if part == "D" and sel.diagnosis_position == "main" and main != "1":
+            continue
+        if kind in sets and sets[kind].matches(code):
+            return True
+    return False
+
+
+def check_frame(
+    delivered: pd.DataFrame,
+    evidence: pd.DataFrame,
+    spec: Spec,
+    period: Period,
+    guard: ReservationGuard,
+    pseudonymiser: Pseudonymiser | None,
+) -> pd.DataFrame:
+    """The delivered rows with the derived check columns the suite expects to be True."""
+    frame = delivered.copy()
+    key_parts = [frame["source"].astype(str), frame["record_id"].astype("string")]
+    key_parts += [frame[c].astype("string").fillna("") for c in ("event", "case_id") if c in frame]
+    key = key_parts[0]
+    for part in key_parts[1:]:
+        key = key + "|" + part
+    frame["_key"] = key
+    has_pseudonym = frame["pseudonym"].notna() if "pseudonym" in frame else False
+    frame["_identified"] = frame["fnr"].notna() | has_pseudonym
+    frame["_fnr_valid"] = frame["fnr"].map(
+        lambda v: v is None or pd.isna(v) or fnr_rules.is_valid(v)
+    )
+    frame["_qualifies"] = evidence["codes"].map(lambda codes: _qualifies(list(codes), spec))
+    start, end = period.bounds()
+    received = pd.to_datetime(evidence["received_at"])
+    frame["_in_period"] = (received >= start) & (received < end)
+    frame["_not_reserved"] = guard.allowed(frame, pseudonymiser)
+    return frame
+
+
+def _suite(spec: Spec, columns: list[str]) -> list[Any]:
+    import great_expectations as gx
+
+    e = gx.expectations
+    allowed = {"source", "record_id", "fnr"} | set(spec.variables) | TYPE_COLUMNS[spec.delivery]
+    if spec.pseudonymises:
+        allowed.add("pseudonym")
+    expectations = [
+        e.ExpectTableColumnsToMatchSet(
+            column_set=sorted(allowed | set(CHECK_COLUMNS)), exact_match=True
+        ),
+        e.ExpectColumnValuesToNotBeNull(column="record_id"),
+        e.ExpectColumnValuesToBeInSet(column="source", value_set=list(spec.sources)),
+        e.ExpectColumnValuesToBeUnique(column="_key"),
+        e.ExpectColumnValuesToMatchRegex(column="fnr", regex=r"^[0-9]{11}$"),
+    ]
+    expectations += [
+        e.ExpectColumnValuesToBeInSet(column=c, value_set=[True]) for c in CHECK_COLUMNS[1:]
+    ]
+    if "pseudonym" in columns:
+        expectations.append(
+            e.ExpectColumnValuesToMatchRegex(column="pseudonym", regex=r"^[0-9a-f]{64}$")
+        )
+    if spec.delivery == "complement":
+        expectations.append(
+            e.ExpectColumnValuesToBeInSet(column="status", value_set=["registered", "missing"])
+        )
+    return expectations
+
+
+def run_suite(frame: pd.DataFrame, spec: Spec) -> ValidationReport:
+    """Run the suite on the checked frame and reduce the results to names and counts."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    asset = context.data_sources.add_pandas("leveranse").add_dataframe_asset(spec.code)
+    batch = asset.add_batch_definition_whole_dataframe("delivery").get_batch(
+        batch_parameters={"dataframe": frame}
+    )
+    suite = gx.ExpectationSuite(name=f"{spec.code}.{spec.delivery}")
+    for expectation in _suite(spec, list(frame.columns)):
+        suite.add_expectation(expectation)
+    outcome = batch.validate(suite, result_format="SUMMARY")
+
+    results, failed = [], []
+    for result in outcome.results:
+        config = result.expectation_config
+        name = config.type + (f"({config.kwargs['column']})" if "column" in config.kwargs else "")
+        results.append(
+            {
+                "expectation": name,
+                "success": bool(result.success),
+                "element_count": result.result.get("element_count"),
+                "unexpected_count": result.result.get("unexpected_count"),
+            }
+        )
+        if not result.success:
+            failed.append(name)
+    return ValidationReport(
+        success=not failed, expectations=len(results), failed=failed, results=results
+    )

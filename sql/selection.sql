@@ -1,0 +1,124 @@
+-- The records of one register and period that qualify by the spec, each flagged with the
+-- reservation that keeps it out (if any). Shared by every delivery type: each type's file
+-- includes this text and adds its own final SELECT.
+--
+-- Runs unchanged on PostgreSQL and SQLite (SQLite gets regexp_replace, date_part and
+-- string_agg from etl/source.py). Every value is a bound parameter; the criterion rows are
+-- rendered as placeholders by etl/extract.py.
+--
+-- criterion: the spec's code patterns (kind icd10, icpc2, ncsp, ncrp; a code matches when
+-- its first len(lo) characters are >= lo and its first len(hi) characters <= hi; negate = 1
+-- removes matches) and its sectors (kind sector, in lo).
+WITH criterion (kind, lo, hi, negate) AS (
+    VALUES ('-', '-', '-', 0){{ criteria }}
+),
+npr_period AS MATERIALIZED (
+    SELECT e.*
+    FROM npr_episode e
+    WHERE :use_npr = 1
+      AND e.received_at >= :period_start AND e.received_at < :period_end
+      AND (:any_sector = 1 OR e.sector IN (SELECT c.lo FROM criterion c WHERE c.kind = 'sector'))
+      AND (CAST(:min_age AS INTEGER) IS NULL
+           OR date_part('year', e.start_date) - e.birth_year >= CAST(:min_age AS INTEGER))
+),
+kpr_period AS MATERIALIZED (
+    SELECT k.*
+    FROM kpr_contact k
+    WHERE :use_kpr = 1
+      AND k.received_at >= :period_start AND k.received_at < :period_end
+      AND (CAST(:min_age AS INTEGER) IS NULL
+           OR date_part('year', k.contact_date) - k.birth_year >= CAST(:min_age AS INTEGER))
+),
+-- Every code of the period's records, normalised (upper case, A-Z and 0-9 only) and tagged:
+-- part D diagnosis or P procedure, the code system as a criterion kind, main or not.
+record_code AS MATERIALIZED (
+    SELECT 'NPR' AS source, d.episode_id AS record_id, 'D' AS part, 'icd10' AS kind,
+           d.seq AS seq, CASE WHEN d.is_main = TRUE THEN 1 ELSE 0 END AS is_main,
+           regexp_replace(upper(d.code), '[^A-Z0-9]', '', 'g') AS code
+    FROM npr_diagnosis d JOIN npr_period e ON e.episode_id = d.episode_id
+    WHERE d.code IS NOT NULL
+    UNION ALL
+    SELECT 'NPR', p.episode_id, 'P', lower(p.code_system), p.seq, 0,
+           regexp_replace(upper(p.code), '[^A-Z0-9]', '', 'g')
+    FROM npr_procedure p JOIN npr_period e ON e.episode_id = p.episode_id
+    WHERE p.code IS NOT NULL
+    UNION ALL
+    SELECT 'KPR', d.contact_id, 'D', lower(replace(d.code_system, '-', '')), d.seq,
+           CASE WHEN d.is_main = TRUE THEN 1 ELSE 0 END,
+           regexp_replace(upper(d.code), '[^A-Z0-9]', '', 'g')
+    FROM kpr_diagnosis d JOIN kpr_period k ON k.contact_id = d.contact_id
+    WHERE d.code IS NOT NULL
+),
+qualifying AS (
+    SELECT DISTINCT rc.source, rc.record_id
+    FROM record_code rc
+    JOIN criterion inc
+      ON inc.kind = rc.kind AND inc.negate = 0
+     AND substr(rc.code, 1, length(inc.lo)) >= inc.lo
+     AND substr(rc.code, 1, length(inc.hi)) <= inc.hi
+    WHERE (rc.part = 'P' OR :main_only = 0 OR rc.is_main = 1)
+      AND NOT EXISTS (
+          SELECT 1 FROM criterion exc
+          WHERE exc.kind = rc.kind AND exc.negate = 1
+            AND substr(rc.code, 1, length(exc.lo)) >= exc.lo
+            AND substr(rc.code, 1, length(exc.hi)) <= exc.hi)
+),
+-- All codes of a qualifying record in one text, 'part:kind:seq:main:code' separated by
+-- spaces; etl/extract.py splits it into diagnoses, procedures and main_diagnosis.
+record_codes AS (
+    SELECT rc.source, rc.record_id,
+           string_agg(rc.part || ':' || rc.kind || ':' || CAST(rc.seq AS VARCHAR(6)) || ':'
+                      || CAST(rc.is_main AS VARCHAR(1)) || ':' || rc.code, ' ') AS codes
+    FROM record_code rc
+    JOIN qualifying q ON q.source = rc.source AND q.record_id = rc.record_id
+    GROUP BY rc.source, rc.record_id
+),
+record AS (
+    SELECT 'NPR' AS source, e.episode_id AS record_id, e.fnr, e.sex, e.birth_year,
+           e.municipality, e.institution_id, e.health_trust, e.sector, e.specialty,
+           e.care_level, e.urgency, e.start_date, e.end_date, e.discharge_status,
+           CAST(NULL AS SMALLINT) AS service_type, e.received_at, rcs.codes
+    FROM npr_period e
+    JOIN record_codes rcs ON rcs.source = 'NPR' AND rcs.record_id = e.episode_id
+    UNION ALL
+    SELECT 'KPR', k.contact_id, k.fnr, k.sex, k.birth_year,
+           k.municipality, NULL, NULL, NULL, NULL,
+           NULL, NULL, k.contact_date, k.contact_date, NULL,
+           k.service_type, k.received_at, rcs.codes
+    FROM kpr_period k
+    JOIN record_codes rcs ON rcs.source = 'KPR' AND rcs.record_id = k.contact_id
+),
+-- Active reservations that matter to this register, one row per person (CONTRACT.md
+-- section 1): active at :as_of, and either an OPT_OUT for this register (when the spec
+-- honours it), KPR's NO_PURPOSE2, or a source's NO_FNR.
+reserved AS (
+    SELECT r.fnr,
+           MAX(CASE WHEN r.scope = 'OPT_OUT' THEN 1 ELSE 0 END) AS opt_out,
+           MAX(CASE WHEN r.scope = 'NO_PURPOSE2' THEN 1 ELSE 0 END) AS no_purpose2,
+           MAX(CASE WHEN r.registry = 'NPR' AND r.scope = 'NO_FNR' THEN 1 ELSE 0 END) AS npr_no_fnr,
+           MAX(CASE WHEN r.registry = 'KPR' AND r.scope = 'NO_FNR' THEN 1 ELSE 0 END) AS kpr_no_fnr
+    FROM reservation r
+    WHERE r.registered_at <= :as_of
+      AND (r.withdrawn_at IS NULL OR r.withdrawn_at > :as_of)
+      AND ((r.registry = :registry AND r.scope = 'OPT_OUT' AND :honour_opt_out = 1)
+           OR (r.registry = 'KPR' AND r.scope = 'NO_PURPOSE2')
+           OR (r.registry IN ('NPR', 'KPR') AND r.scope = 'NO_FNR'))
+    GROUP BY r.fnr
+),
+flagged AS MATERIALIZED (
+    SELECT rec.*,
+           CASE
+               WHEN res.opt_out = 1 THEN 'opt_out'
+               WHEN rec.source = 'KPR' AND res.no_purpose2 = 1 THEN 'no_purpose2'
+               WHEN :pseudonymise = 0
+                    AND ((rec.source = 'NPR' AND res.npr_no_fnr = 1)
+                         OR (rec.source = 'KPR' AND res.kpr_no_fnr = 1)) THEN 'no_fnr'
+           END AS exclusion,
+           CASE
+               WHEN (rec.source = 'NPR' AND res.npr_no_fnr = 1)
+                    OR (rec.source = 'KPR' AND res.kpr_no_fnr = 1) THEN 1
+               ELSE 0
+           END AS no_fnr
+    FROM record rec
+    LEFT JOIN reserved res ON res.fnr = rec.fnr
+)

@@ -1,0 +1,130 @@
+"""Register specs: the shipped ones load, and every kind of bad spec names file, key, value."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from etl.spec import SpecError, find_spec, load_spec, load_specs
+
+REGISTERS = Path(__file__).resolve().parent.parent / "registers"
+
+GOOD = {
+    "code": "TEST",
+    "name": "Test register",
+    "delivery": "population",
+    "legal_basis": "NPR-forskriften § 4-2",
+    "priority": 2,
+    "sources": ["NPR"],
+    "selection": {"icd10": ["F20-F29", "!F25"], "min_age": 18, "sectors": ["PHV"]},
+    "variables": ["fnr", "sex", "diagnoses"],
+}
+
+
+def write(folder: Path, document: dict, name: str = "test.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_shipped_specs_load():
+    specs = load_specs(REGISTERS)
+    assert {"PHV", "PARKINSON", "NORKAR"} <= set(specs)
+    assert specs["PHV"].delivery == "population"
+    assert specs["PARKINSON"].delivery == "complement"
+    assert specs["NORKAR"].delivery == "new_information"
+    assert specs["NORKAR"].follow_up.window_days == 365
+    assert specs["PHV"].selection.icd10.matches("F2000")
+    assert not specs["PARKINSON"].selection.icd10.matches("G21")
+
+
+def test_defaults_and_hash(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    assert spec.reservations.registry_opt_out is True
+    assert spec.reservations.no_fnr == "exclude"
+    assert spec.lookback_days == 730
+    assert len(spec.sha256) == 64
+    assert spec.selection.sectors == ("PHV",)
+
+
+def changed(path: str, value):
+    """GOOD with one key (dotted path) set to value; value None deletes the key."""
+    document = yaml.safe_load(yaml.safe_dump(GOOD))
+    *parents, last = path.split(".")
+    target = document
+    for key in parents:
+        target = target[key]
+    if value is None:
+        del target[last]
+    else:
+        target[last] = value
+    return document
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named_key", "named_value"),
+    [
+        ("colour", "blue", "colour", "blue"),
+        ("selection.icd9", ["250"], "selection.icd9", "250"),
+        ("variables", ["fnr", "income"], "variables[1]", "income"),
+        ("selection.icd10", ["F20", "F2;0"], "selection.icd10[1]", "F2;0"),
+        ("selection.icd10", ["G20' OR '1'='1"], "selection.icd10[0]", "G20' OR '1'='1"),
+        ("delivery", "everything", "delivery", "everything"),
+        ("priority", 7, "priority", "7"),
+        ("code", "test-1", "code", "test-1"),
+        ("sources", ["NPR", "HELSENORGE"], "sources[1]", "HELSENORGE"),
+        ("selection.sectors", ["XYZ"], "selection.sectors[0]", "XYZ"),
+        ("selection.diagnosis_position", "first", "selection.diagnosis_position", "first"),
+        ("selection.min_age", -1, "selection.min_age", "-1"),
+        ("reservations", {"no_fnr": "ignore"}, "reservations.no_fnr", "ignore"),
+        ("name", None, "name", "None"),
+        ("follow_up", {"ncsp": ["NFQ19"], "window_days": 30}, "follow_up", "NFQ19"),
+    ],
+)
+def test_bad_specs_name_file_key_and_value(tmp_path, key, value, named_key, named_value):
+    path = write(tmp_path, changed(key, value))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert f"'{named_key}'" in message
+    assert named_value in message
+
+
+def test_new_information_needs_follow_up(tmp_path):
+    path = write(tmp_path, changed("delivery", "new_information"))
+    with pytest.raises(SpecError, match=r"'follow_up'.*required"):
+        load_spec(path)
+
+
+def test_selection_must_select_from_the_sources(tmp_path):
+    document = changed("selection", {"icpc2": ["P72"]})
+    with pytest.raises(SpecError, match=r"'selection'.*selects no code"):
+        load_spec(write(tmp_path, document))
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump(GOOD) + "code: OTHER\n", encoding="utf-8")
+    with pytest.raises(SpecError, match="duplicate key 'code'"):
+        load_spec(path)
+
+
+def test_duplicate_register_codes_across_files(tmp_path):
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, GOOD, "b.yaml")
+    with pytest.raises(SpecError, match=r"b\.yaml: key 'code': value 'TEST'.*a\.yaml"):
+        load_specs(tmp_path)
+
+
+def test_unknown_register_code(tmp_path):
+    write(tmp_path, GOOD)
+    with pytest.raises(SpecError, match=r"'NOPE'.*known: TEST"):
+        find_spec(tmp_path, "NOPE")
+
+
+def test_unreadable_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("code: [unclosed\n", encoding="utf-8")
+    with pytest.raises(SpecError, match=r"broken\.yaml.*not valid YAML"):
+        load_spec(path)
