@@ -237,19 +237,40 @@ def _attempt(
     now: datetime,
     pseudonymiser: Pseudonymiser | None,
 ) -> DeliveryResult:
-    engine = make_engine(settings.source_url)
+    """Stage, validate and publish; whatever fails, no staging folder is left behind.
+
+    (A worker process lives on after a failed task, so a leftover folder of personal data
+    would not be found by clean_stale_staging, which only removes folders of dead processes.)
+    """
     staging = drop.staging_dir(settings.drop_dir, spec.code, spec.delivery, period)
     try:
-        with engine.connect() as conn:
-            check_fresh(conn, settings.reservation_max_age_hours, now)
-            staged = _stage(conn, spec, period, as_of, staging, pseudonymiser)
-            guard = ReservationGuard.read(conn, spec, as_of)
+        engine = make_engine(settings.source_url)
+        try:
+            with engine.connect() as conn:
+                check_fresh(conn, settings.reservation_max_age_hours, now)
+                staged = _stage(conn, spec, period, as_of, staging, pseudonymiser)
+                guard = ReservationGuard.read(conn, spec, as_of)
+        finally:
+            engine.dispose()
+        return _validate_and_publish(
+            settings, spec, period, as_of, staging, staged, guard, pseudonymiser
+        )
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # gone already if quarantined or published
         raise
-    finally:
-        engine.dispose()
 
+
+def _validate_and_publish(
+    settings: Settings,
+    spec: Spec,
+    period: Period,
+    as_of: datetime,
+    staging: Path,
+    staged: Staged,
+    guard: ReservationGuard,
+    pseudonymiser: Pseudonymiser | None,
+) -> DeliveryResult:
+    """Validate the staged file as it would be published; publish it or quarantine it."""
     delivered = pq.read_table(staged.data)
     frame = check_frame(
         delivered.to_pandas(),

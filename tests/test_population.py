@@ -6,15 +6,21 @@ show it.
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from etl.audit import DisclosureLog
 from etl.deliver import utc_now
 from etl.reservations import ReservationsStale
-from etl.spec import SpecError
+from etl.spec import SpecError, parse_spec
+from etl.validate import ReservationGuard, ValidationFailed
 from tests.delivery_helpers import (
+    RUN_AT,
     delivered_rows,
     manifest_of,
     population_spec,
@@ -362,3 +368,46 @@ def test_unknown_register_is_a_spec_error(source, tmp_path):
     specs = write_spec(tmp_path / "specs", **population_spec())
     with pytest.raises(SpecError, match="NOPE"):
         run_delivery(settings_for(source.url, tmp_path, specs), code="NOPE")
+
+
+def test_duplicate_source_episode_fails_validation_and_is_quarantined(tmp_path):
+    """A source without its primary key delivers an episode twice: nothing is published."""
+    source = Source(f"sqlite:///{tmp_path / 'source.db'}")
+    source.synced(utc_now())
+    source.raw("ALTER TABLE npr_episode RENAME TO npr_episode_pk")
+    source.raw("CREATE TABLE npr_episode AS SELECT * FROM npr_episode_pk WHERE 0")
+    person = source.person()
+    episode = source.episode(person)
+    source.raw(
+        "INSERT INTO npr_episode SELECT * FROM npr_episode WHERE episode_id = :id", id=episode
+    )
+    specs = write_spec(tmp_path / "specs", **population_spec())
+    settings = settings_for(source.url, tmp_path, specs)
+    with pytest.raises(ValidationFailed) as caught:
+        run_delivery(settings)
+    assert "expect_column_values_to_be_unique(_key)" in str(caught.value)
+    assert person not in str(caught.value)
+    assert not (tmp_path / "drops" / "TESTPOP").exists()
+    (evidence,) = (tmp_path / "drops" / "_quarantine" / "TESTPOP" / "population").iterdir()
+    report = json.loads((evidence / "validation_report.json").read_text())
+    assert report["success"] is False
+    assert person not in json.dumps(report)
+    assert (evidence / "TESTPOP_population_2024-03-01_2024-04-01.parquet").exists()
+    (attempt,) = DisclosureLog(settings.state_url).attempts("TESTPOP")
+    assert attempt["status"] == "validation_failed"
+    assert person not in attempt["reason"]
+    source.engine.dispose()
+
+
+def test_guard_catches_a_reserved_person_the_selection_let_through(source, tmp_path):
+    """The guard reads reservations on its own: a delivered row of a reserved person fails."""
+    reserved = source.person()
+    source.reserve(reserved, "TESTPOP", "OPT_OUT", "2024-01-01 00:00:00")
+    source.reserve(reserved, "KPR", "NO_PURPOSE2", "2024-01-01 00:00:00")
+    spec = parse_spec(population_spec(), Path("test.yaml"))
+    with source.engine.connect() as conn:
+        guard = ReservationGuard.read(conn, spec, RUN_AT)
+    frame = pd.DataFrame(
+        {"source": ["NPR", "KPR", "NPR"], "fnr": [reserved, reserved, source.person()]}
+    )
+    assert guard.allowed(frame, None).tolist() == [False, False, True]
