@@ -24,16 +24,23 @@ import pyarrow.parquet as pq
 
 from etl import __version__, drop
 from etl.audit import DisclosureLog
+from etl.coverage import Coverage, measure, register_persons
 from etl.extract import Extraction, parameters, run
 from etl.minimise import EVIDENCE_SCHEMA, delivered_schema, shape
 from etl.period import Period
 from etl.pseudonym import Pseudonymiser, key_from_environment
 from etl.redact import one_line
-from etl.reservations import check_fresh
+from etl.reservations import check_fresh, withdrawals
 from etl.settings import Settings
 from etl.source import make_engine
 from etl.spec import Spec, find_spec
-from etl.validate import ReservationGuard, ValidationFailed, check_frame, run_suite
+from etl.validate import (
+    ReservationGuard,
+    ValidationFailed,
+    check_frame,
+    validate_delivery,
+    withdrawal_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,8 @@ class DeliveryResult:
     excluded: dict[str, int] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     files: list[dict[str, Any]] = field(default_factory=list)
+    withdrawals: int = 0
+    coverage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form (what an Airflow task returns)."""
@@ -72,6 +81,8 @@ class DeliveryResult:
             "excluded": self.excluded,
             "validation": self.validation,
             "files": self.files,
+            "withdrawals": self.withdrawals,
+            "coverage": self.coverage,
         }
 
 
@@ -83,6 +94,7 @@ class Staged:
     evidence: Path
     rows: int
     excluded: Counter[str]
+    withdrawals: pa.Table
 
 
 def utc_now() -> datetime:
@@ -109,6 +121,10 @@ def file_name(spec: Spec, period: Period) -> str:
     return f"{spec.code}_{spec.delivery}_{period.label}.parquet"
 
 
+def withdrawals_file_name(spec: Spec, period: Period) -> str:
+    return f"{spec.code}_withdrawals_{period.label}.parquet"
+
+
 def _stage(
     conn: Any,
     spec: Spec,
@@ -117,7 +133,8 @@ def _stage(
     staging: Path,
     pseudonymiser: Pseudonymiser | None,
 ) -> Staged:
-    """Stream the selection into the staged Parquet file and its evidence, batch by batch."""
+    """Stream the selection into the staged Parquet file and its evidence, batch by batch,
+    and stage the withdrawals file where there are any (CONTRACT.md section 4)."""
     extraction = Extraction()
     data_path = staging / file_name(spec, period)
     evidence_path = staging / EVIDENCE_FILE
@@ -126,7 +143,7 @@ def _stage(
         pq.ParquetWriter(data_path, delivered_schema(spec), **PARQUET_OPTIONS) as data,
         pq.ParquetWriter(evidence_path, EVIDENCE_SCHEMA, **PARQUET_OPTIONS) as evidence,
     ):
-        for batch in run(conn, spec.delivery, spec, parameters(spec, period, as_of), extraction):
+        for batch in run(conn, spec, parameters(spec, period, as_of), extraction):
             shaped = shape(batch, spec, pseudonymiser)
             invalid += shaped.invalid_fnr
             if shaped.delivered.num_rows:
@@ -135,7 +152,10 @@ def _stage(
                 rows += shaped.delivered.num_rows
     excluded = Counter({reason: extraction.excluded.get(reason, 0) for reason in EXCLUSION_REASONS})
     excluded["invalid_fnr"] = invalid
-    return Staged(data=data_path, evidence=evidence_path, rows=rows, excluded=excluded)
+    withdrawn = withdrawals(conn, spec, as_of)
+    if withdrawn.num_rows:
+        pq.write_table(withdrawn, staging / withdrawals_file_name(spec, period), **PARQUET_OPTIONS)
+    return Staged(data_path, evidence_path, rows, excluded, withdrawn)
 
 
 def _person_count(table: pa.Table) -> int:
@@ -152,9 +172,15 @@ def _manifest(
     staged: Staged,
     person_count: int,
     validation: dict[str, Any],
+    coverage: Coverage | None,
 ) -> dict[str, Any]:
     """The manifest's content; publish adds version, supersedes, files and created_at."""
-    return {
+    extra: dict[str, Any] = {}
+    if spec.has_list:
+        extra["withdrawals"] = staged.withdrawals.num_rows
+    if coverage is not None:
+        extra["coverage"] = coverage.published()
+    return extra | {
         "registry": spec.code,
         "registry_name": spec.name,
         "delivery": spec.delivery,
@@ -221,6 +247,7 @@ def deliver(
                 person_count=result.person_count,
                 excluded=result.excluded,
                 files=result.files,
+                coverage=result.coverage,
                 drop_path=str(result.path),
                 version=result.version,
             )
@@ -250,10 +277,15 @@ def _attempt(
                 check_fresh(conn, settings.reservation_max_age_hours, now)
                 staged = _stage(conn, spec, period, as_of, staging, pseudonymiser)
                 guard = ReservationGuard.read(conn, spec, as_of)
+                listed = (
+                    register_persons(conn, spec.code, period)
+                    if spec.delivery == "complement"
+                    else None
+                )
         finally:
             engine.dispose()
         return _validate_and_publish(
-            settings, spec, period, as_of, staging, staged, guard, pseudonymiser
+            settings, spec, period, as_of, staging, staged, guard, listed, pseudonymiser
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # gone already if quarantined or published
@@ -268,9 +300,13 @@ def _validate_and_publish(
     staging: Path,
     staged: Staged,
     guard: ReservationGuard,
+    listed: set[str] | None,
     pseudonymiser: Pseudonymiser | None,
 ) -> DeliveryResult:
-    """Validate the staged file as it would be published; publish it or quarantine it."""
+    """Validate the staged files as they would be published; publish them or quarantine.
+
+    ``listed`` is the register's persons of the period where coverage is measured.
+    """
     delivered = pq.read_table(staged.data)
     frame = check_frame(
         delivered.to_pandas(),
@@ -280,7 +316,12 @@ def _validate_and_publish(
         guard,
         pseudonymiser,
     )
-    report = run_suite(frame, spec)
+    withdrawn = (
+        withdrawal_frame(staged.withdrawals.to_pandas(), guard)
+        if staged.withdrawals.num_rows
+        else None
+    )
+    report = validate_delivery(frame, spec, withdrawn)
     person_count = _person_count(delivered)
     log.info(
         "%s %s %s: %d rows, %d persons, validation %s",
@@ -298,7 +339,8 @@ def _validate_and_publish(
         raise ValidationFailed(report, str(where))
 
     staged.evidence.unlink()
-    manifest = _manifest(spec, period, as_of, staged, person_count, report.summary())
+    coverage = None if listed is None else measure(delivered, listed, guard.opt_out, pseudonymiser)
+    manifest = _manifest(spec, period, as_of, staged, person_count, report.summary(), coverage)
     published = drop.publish(settings.drop_dir, spec.code, spec.delivery, period, staging, manifest)
     return DeliveryResult(
         registry=spec.code,
@@ -312,4 +354,6 @@ def _validate_and_publish(
         excluded=dict(staged.excluded),
         validation=report.summary(),
         files=published.files,
+        withdrawals=staged.withdrawals.num_rows,
+        coverage=None if coverage is None else coverage.counts(),
     )

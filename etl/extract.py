@@ -52,6 +52,40 @@ RAW_TYPES: dict[str, pa.DataType] = {
     "index_date": pa.date32(),
 }
 
+# The record columns every delivery query returns, then those of each delivery type.
+BASE_COLUMNS = (
+    "source",
+    "record_id",
+    "fnr",
+    "sex",
+    "birth_year",
+    "municipality",
+    "institution_id",
+    "health_trust",
+    "sector",
+    "specialty",
+    "care_level",
+    "urgency",
+    "start_date",
+    "end_date",
+    "discharge_status",
+    "service_type",
+    "received_at",
+    "codes",
+    "no_fnr",
+)
+TYPE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "population": (),
+    "complement": ("status",),
+    "new_information": ("event", "case_id", "event_date", "index_date"),
+}
+# The order of delivered rows: what identifies a row of each type.
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "population": ("source", "record_id"),
+    "complement": ("source", "record_id"),
+    "new_information": ("source", "record_id", "event", "case_id"),
+}
+
 # The leading columns of every delivery query: a row kind (0 = count of left-out records,
 # 1 = a record), the reason and the count on kind-0 rows.
 _CONTROL_COLUMNS = 3
@@ -83,15 +117,32 @@ def criteria(spec: Spec) -> list[tuple[str, str, str, int]]:
     return rows
 
 
-def render(name: str, n_criteria: int) -> str:
-    """The text of sql/<name>.sql with the shared selection and n criterion placeholders."""
+def columns(delivery: str) -> tuple[str, ...]:
+    """The record columns a delivery type's query returns, in order."""
+    return BASE_COLUMNS + TYPE_COLUMNS[delivery]
+
+
+def render(delivery: str, n_criteria: int) -> str:
+    """The query of a delivery type: sql/<delivery>.sql with the shared selection before it,
+    sql/output.sql after it, and n criterion placeholders.
+
+    Only placeholders and column names from this module are rendered into the text; every
+    value is bound.
+    """
     placeholders = "".join(
         f", (CAST(:ck{i} AS VARCHAR(16)), CAST(:cl{i} AS VARCHAR(16)),"
         f" CAST(:ch{i} AS VARCHAR(16)), CAST(:cn{i} AS INTEGER))"
         for i in range(n_criteria)
     )
+    names = columns(delivery)
+    output = (
+        sql_text("output")
+        .replace("{{ padding }}", "".join(f", NULL AS {name}" for name in names))
+        .replace("{{ columns }}", "".join(f", {name}" for name in names))
+        .replace("{{ order }}", ", ".join(("kind", *ROW_KEYS[delivery])))
+    )
     selection = sql_text("selection").replace("{{ criteria }}", placeholders)
-    return sql_text(name).replace("{{ selection }}", selection)
+    return sql_text(delivery).replace("{{ selection }}", selection).replace("{{ output }}", output)
 
 
 def parameters(spec: Spec, period: Period, as_of: datetime) -> dict[str, Any]:
@@ -138,22 +189,19 @@ def _to_batch(names: list[str], rows: list[Any]) -> pa.RecordBatch:
 
 def run(
     conn: Connection,
-    name: str,
     spec: Spec,
     params: Mapping[str, Any],
     extraction: Extraction,
     batch_rows: int = 50_000,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream the records of sql/<name>.sql as Arrow batches of the raw columns.
+    """Stream the records of the spec's delivery as Arrow batches of the raw columns.
 
     Counts of left-out records are added to ``extraction.excluded`` as they arrive (they come
     first in the result).
     """
-    sql = render(name, len(criteria(spec)))
-    names: list[str] | None = None
+    sql = render(spec.delivery, len(criteria(spec)))
+    names = list(columns(spec.delivery))
     for rows in stream(conn, sql, params, batch_rows):
-        if names is None:
-            names = list(rows[0]._fields)[_CONTROL_COLUMNS:]
         records = []
         for row in rows:
             if row[0] == 0:

@@ -5,16 +5,23 @@ synchronisation stops, the copy silently misses everyone who reserved since, and
 would disclose them. So where the source has a reservation_sync table, a delivery refuses to
 run when its newest row is older than the allowed age (or when it has none). The rules of
 what a reservation excludes live in sql/selection.sql and, independently, etl/validate.py.
+
+A register that sends a list must also learn who on it has reserved since, so it can delete
+them: the withdrawals.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from etl.source import sql_text
+from etl.source import bind, sql_text
+from etl.spec import Spec
+
+WITHDRAWALS_SCHEMA = pa.schema([("fnr", pa.string()), ("registered_at", pa.timestamp("us"))])
 
 
 class ReservationsStale(RuntimeError):
@@ -44,3 +51,20 @@ def check_fresh(conn: Connection, max_age_hours: float, now: datetime | None = N
             f"the reservation copy is {hours:.1f} hours old (allowed: {max_age_hours:g}); "
             "refusing to deliver until it is synchronised"
         )
+
+
+def withdrawals(conn: Connection, spec: Spec, as_of: datetime) -> pa.Table:
+    """Listed persons with an active OPT_OUT for the register at as_of (sql/withdrawals.sql).
+
+    Only where the spec honours the register's own OPT_OUT rows: otherwise those rows do not
+    take anyone out of its deliveries, and telling it to delete them would contradict them.
+    """
+    if not (spec.has_list and spec.reservations.registry_opt_out):
+        return WITHDRAWALS_SCHEMA.empty_table()
+    params = bind(conn, {"registry": spec.code, "as_of": as_of})
+    rows = conn.execute(text(sql_text("withdrawals")), params).all()
+    registered = [_as_datetime(at) for _, at in rows]
+    return pa.table(
+        [pa.array([fnr for fnr, _ in rows], pa.string()), pa.array(registered, pa.timestamp("us"))],
+        schema=WITHDRAWALS_SCHEMA,
+    )

@@ -127,6 +127,11 @@ class Spec:
     def pseudonymises(self) -> bool:
         return self.reservations.no_fnr == "pseudonymise"
 
+    @property
+    def has_list(self) -> bool:
+        """Complement and new-information registers send their patient or case list."""
+        return self.delivery in ("complement", "new_information")
+
 
 class _StrictLoader(yaml.SafeLoader):
     """A YAML loader that refuses duplicate keys instead of keeping the last one."""

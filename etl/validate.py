@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 
 from etl import fnr as fnr_rules
 from etl.codes import CodeSet
+from etl.minimise import DELIVERY_COLUMNS
 from etl.period import Period
 from etl.pseudonym import Pseudonymiser
 from etl.source import sql_text, stream
@@ -34,12 +35,16 @@ from etl.spec import Spec
 
 log = logging.getLogger(__name__)
 
-TYPE_COLUMNS: dict[str, set[str]] = {
-    "population": set(),
-    "complement": {"status"},
-    "new_information": {"event", "case_id"},
-}
-CHECK_COLUMNS = ("_key", "_identified", "_fnr_valid", "_qualifies", "_in_period", "_not_reserved")
+CHECK_COLUMNS = (
+    "_key",
+    "_identified",
+    "_fnr_valid",
+    "_qualifies",
+    "_in_period",
+    "_not_reserved",
+    "_case_as_event",
+    "_in_window",
+)
 
 
 class ValidationFailed(RuntimeError):
@@ -106,17 +111,38 @@ class ReservationGuard:
         return ~blocked
 
 
-def _qualifies(codes: list[str], spec: Spec) -> bool:
+def _qualifies(codes: list[str], spec: Spec, event: str | None) -> bool:
+    """Whether a record's codes select it: by the follow-up set for a follow_up row, by the
+    spec's selection otherwise (evaluated here in Python, independently of the SQL)."""
     sel = spec.selection
-    sets: dict[str, CodeSet] = {"icd10": sel.icd10, "icpc2": sel.icpc2}
-    sets |= {"ncsp": sel.ncsp, "ncrp": sel.ncrp}
+    if event == "follow_up" and spec.follow_up is not None:
+        sets: dict[str, CodeSet] = {"ncsp": spec.follow_up.ncsp}
+        parts = {"P"}
+    else:
+        sets = {"icd10": sel.icd10, "icpc2": sel.icpc2, "ncsp": sel.ncsp, "ncrp": sel.ncrp}
+        parts = {"D", "P"}
     for entry in codes:
         part, kind, main, code = entry.split(":")
+        if part not in parts:
+            continue
         if part == "D" and sel.diagnosis_position == "main" and main != "1":
             continue
         if kind in sets and sets[kind].matches(code):
             return True
     return False
+
+
+def _follow_up_checks(frame: pd.DataFrame, evidence: pd.DataFrame, spec: Spec) -> None:
+    """new_information: case_id exactly on follow_up rows, and each follow-up in its window."""
+    if spec.follow_up is None:
+        frame["_case_as_event"] = True
+        frame["_in_window"] = True
+        return
+    follow_up = frame["event"] == "follow_up"
+    frame["_case_as_event"] = follow_up == frame["case_id"].notna()
+    days = (pd.to_datetime(evidence["event_date"]) - pd.to_datetime(evidence["index_date"])).dt.days
+    in_window = (days >= 1) & (days <= spec.follow_up.window_days)
+    frame["_in_window"] = ~follow_up | in_window.fillna(False)
 
 
 def check_frame(
@@ -140,11 +166,16 @@ def check_frame(
     frame["_fnr_valid"] = frame["fnr"].map(
         lambda v: v is None or pd.isna(v) or fnr_rules.is_valid(v)
     )
-    frame["_qualifies"] = evidence["codes"].map(lambda codes: _qualifies(list(codes), spec))
+    events = frame["event"] if "event" in frame else pd.Series(None, frame.index, dtype=object)
+    frame["_qualifies"] = [
+        _qualifies(list(codes), spec, event)
+        for codes, event in zip(evidence["codes"], events, strict=True)
+    ]
     start, end = period.bounds()
     received = pd.to_datetime(evidence["received_at"])
     frame["_in_period"] = (received >= start) & (received < end)
     frame["_not_reserved"] = guard.allowed(frame, pseudonymiser)
+    _follow_up_checks(frame, evidence, spec)
     return frame
 
 
@@ -152,7 +183,8 @@ def _suite(spec: Spec, columns: list[str]) -> list[Any]:
     import great_expectations as gx
 
     e = gx.expectations
-    allowed = {"source", "record_id", "fnr"} | set(spec.variables) | TYPE_COLUMNS[spec.delivery]
+    allowed = {"source", "record_id", "fnr"} | set(spec.variables)
+    allowed |= set(DELIVERY_COLUMNS[spec.delivery])
     if spec.pseudonymises:
         allowed.add("pseudonym")
     expectations = [
@@ -175,30 +207,77 @@ def _suite(spec: Spec, columns: list[str]) -> list[Any]:
         expectations.append(
             e.ExpectColumnValuesToBeInSet(column="status", value_set=["registered", "missing"])
         )
+    if spec.delivery == "new_information":
+        expectations.append(
+            e.ExpectColumnValuesToBeInSet(column="event", value_set=["follow_up", "new_case"])
+        )
     return expectations
 
 
-def run_suite(frame: pd.DataFrame, spec: Spec) -> ValidationReport:
-    """Run the suite on the checked frame and reduce the results to names and counts."""
+def withdrawal_frame(withdrawals: pd.DataFrame, guard: ReservationGuard) -> pd.DataFrame:
+    """The withdrawals with their checks: each person listed there has an active OPT_OUT."""
+    frame = withdrawals.copy()
+    frame["_fnr_valid"] = frame["fnr"].map(lambda v: isinstance(v, str) and fnr_rules.is_valid(v))
+    frame["_opted_out"] = frame["fnr"].isin(guard.opt_out)
+    return frame
+
+
+def _withdrawal_suite() -> list[Any]:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableColumnsToMatchSet(
+            column_set=["fnr", "registered_at", "_fnr_valid", "_opted_out"], exact_match=True
+        ),
+        e.ExpectColumnValuesToNotBeNull(column="fnr"),
+        e.ExpectColumnValuesToBeUnique(column="fnr"),
+        e.ExpectColumnValuesToNotBeNull(column="registered_at"),
+        e.ExpectColumnValuesToBeInSet(column="_fnr_valid", value_set=[True]),
+        e.ExpectColumnValuesToBeInSet(column="_opted_out", value_set=[True]),
+    ]
+
+
+def validate_delivery(
+    frame: pd.DataFrame, spec: Spec, withdrawals: pd.DataFrame | None
+) -> ValidationReport:
+    """Run the delivery's suite, and the withdrawals' suite where there are withdrawals."""
+    report = _run(frame, f"{spec.code}.{spec.delivery}", _suite(spec, list(frame.columns)))
+    if withdrawals is not None:
+        extra = _run(withdrawals, f"{spec.code}.withdrawals", _withdrawal_suite(), "withdrawals.")
+        report = ValidationReport(
+            success=report.success and extra.success,
+            expectations=report.expectations + extra.expectations,
+            failed=report.failed + extra.failed,
+            results=report.results + extra.results,
+        )
+    return report
+
+
+def _run(
+    frame: pd.DataFrame, suite_name: str, expectations: list[Any], prefix: str = ""
+) -> ValidationReport:
+    """Run one suite on a frame and reduce the results to names and counts."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    asset = context.data_sources.add_pandas("leveranse").add_dataframe_asset(spec.code)
+    asset = context.data_sources.add_pandas("leveranse").add_dataframe_asset(suite_name)
     batch = asset.add_batch_definition_whole_dataframe("delivery").get_batch(
         batch_parameters={"dataframe": frame}
     )
-    suite = gx.ExpectationSuite(name=f"{spec.code}.{spec.delivery}")
-    for expectation in _suite(spec, list(frame.columns)):
+    suite = gx.ExpectationSuite(name=suite_name)
+    for expectation in expectations:
         suite.add_expectation(expectation)
     outcome = batch.validate(suite, result_format="SUMMARY")
 
     results, failed = [], []
     for result in outcome.results:
         config = result.expectation_config
-        name = config.type + (f"({config.kwargs['column']})" if "column" in config.kwargs else "")
+        column = f"({config.kwargs['column']})" if "column" in config.kwargs else ""
+        name = prefix + config.type + column
         results.append(
             {
                 "expectation": name,

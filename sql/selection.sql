@@ -1,6 +1,7 @@
--- The records of one register and period that qualify by the spec, each flagged with the
--- reservation that keeps it out (if any). Shared by every delivery type: each type's file
--- includes this text and adds its own final SELECT.
+-- The records of one register and period that qualify by the spec (or, for new
+-- information, carry a follow-up code), each flagged with the reservation that keeps it out
+-- (if any). Shared by every delivery type: each type's file includes this text, adds a
+-- `delivered` CTE with its own rows and columns, and ends with sql/output.sql.
 --
 -- Runs unchanged on PostgreSQL and SQLite (SQLite gets regexp_replace, date_part and
 -- string_agg from etl/source.py). Every value is a bound parameter; the criterion rows are
@@ -30,27 +31,32 @@ kpr_period AS MATERIALIZED (
            OR date_part('year', k.contact_date) - k.birth_year >= CAST(:min_age AS INTEGER))
 ),
 -- Every code of the period's records, normalised (upper case, A-Z and 0-9 only) and tagged:
--- part D diagnosis or P procedure, the code system as a criterion kind, main or not.
+-- part D diagnosis or P procedure, the code system as a criterion kind, main or not, and
+-- the code's date (a procedure's procedure_date, else the record's start date).
 record_code AS MATERIALIZED (
     SELECT 'NPR' AS source, d.episode_id AS record_id, 'D' AS part, 'icd10' AS kind,
            d.seq AS seq, CASE WHEN d.is_main = TRUE THEN 1 ELSE 0 END AS is_main,
-           regexp_replace(upper(d.code), '[^A-Z0-9]', '', 'g') AS code
+           regexp_replace(upper(d.code), '[^A-Z0-9]', '', 'g') AS code,
+           e.start_date AS code_date
     FROM npr_diagnosis d JOIN npr_period e ON e.episode_id = d.episode_id
     WHERE d.code IS NOT NULL
     UNION ALL
     SELECT 'NPR', p.episode_id, 'P', lower(p.code_system), p.seq, 0,
-           regexp_replace(upper(p.code), '[^A-Z0-9]', '', 'g')
+           regexp_replace(upper(p.code), '[^A-Z0-9]', '', 'g'),
+           COALESCE(p.procedure_date, e.start_date)
     FROM npr_procedure p JOIN npr_period e ON e.episode_id = p.episode_id
     WHERE p.code IS NOT NULL
     UNION ALL
     SELECT 'KPR', d.contact_id, 'D', lower(replace(d.code_system, '-', '')), d.seq,
            CASE WHEN d.is_main = TRUE THEN 1 ELSE 0 END,
-           regexp_replace(upper(d.code), '[^A-Z0-9]', '', 'g')
+           regexp_replace(upper(d.code), '[^A-Z0-9]', '', 'g'),
+           k.contact_date
     FROM kpr_diagnosis d JOIN kpr_period k ON k.contact_id = d.contact_id
     WHERE d.code IS NOT NULL
 ),
-qualifying AS (
-    SELECT DISTINCT rc.source, rc.record_id
+-- The codes that make their record qualify by the spec's selection, with their dates.
+qualifying_code AS MATERIALIZED (
+    SELECT DISTINCT rc.source, rc.record_id, rc.code_date
     FROM record_code rc
     JOIN criterion inc
       ON inc.kind = rc.kind AND inc.negate = 0
@@ -63,14 +69,38 @@ qualifying AS (
             AND substr(rc.code, 1, length(exc.lo)) >= exc.lo
             AND substr(rc.code, 1, length(exc.hi)) <= exc.hi)
 ),
--- All codes of a qualifying record in one text, 'part:kind:seq:main:code' separated by
+qualifying AS (
+    SELECT DISTINCT source, record_id FROM qualifying_code
+),
+-- new_information only (no follow_up criteria exist otherwise): the NPR procedure codes of
+-- the spec's follow-up set, with their dates.
+follow_up_code AS MATERIALIZED (
+    SELECT DISTINCT rc.record_id, rc.code_date
+    FROM record_code rc
+    JOIN criterion inc
+      ON inc.kind = 'follow_up' AND inc.negate = 0
+     AND substr(rc.code, 1, length(inc.lo)) >= inc.lo
+     AND substr(rc.code, 1, length(inc.hi)) <= inc.hi
+    WHERE rc.source = 'NPR' AND rc.part = 'P' AND rc.kind = 'ncsp'
+      AND NOT EXISTS (
+          SELECT 1 FROM criterion exc
+          WHERE exc.kind = 'follow_up' AND exc.negate = 1
+            AND substr(rc.code, 1, length(exc.lo)) >= exc.lo
+            AND substr(rc.code, 1, length(exc.hi)) <= exc.hi)
+),
+candidate AS (
+    SELECT source, record_id FROM qualifying
+    UNION
+    SELECT 'NPR', record_id FROM follow_up_code
+),
+-- All codes of a candidate record in one text, 'part:kind:seq:main:code' separated by
 -- spaces; etl/extract.py splits it into diagnoses, procedures and main_diagnosis.
 record_codes AS (
     SELECT rc.source, rc.record_id,
            string_agg(rc.part || ':' || rc.kind || ':' || CAST(rc.seq AS VARCHAR(6)) || ':'
                       || CAST(rc.is_main AS VARCHAR(1)) || ':' || rc.code, ' ') AS codes
     FROM record_code rc
-    JOIN qualifying q ON q.source = rc.source AND q.record_id = rc.record_id
+    JOIN candidate c ON c.source = rc.source AND c.record_id = rc.record_id
     GROUP BY rc.source, rc.record_id
 ),
 record AS (
