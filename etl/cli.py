@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     result = deliver(settings, args.code, args.start, args.end, args.reservations_as_of)
     if result.status == "nothing_due":
-        print(f"{result.registry} {result.delivery}: already delivered up to {result.period.start}")
+        print(f"{result.registry} {result.delivery}: already delivered up to {result.up_to}")
         return EXIT_OK
     excluded = ", ".join(f"{k} {v}" for k, v in result.excluded.items() if v) or "none"
     print(

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from etl import __version__, drop
 from etl.audit import DisclosureLog
 from etl.coverage import Coverage, measure, register_persons
+from etl.coverage_report import write_report
 from etl.extract import Extraction, parameters, run
 from etl.minimise import EVIDENCE_SCHEMA, delivered_schema, shape
 from etl.period import Period
@@ -55,7 +56,7 @@ class DeliveryResult:
 
     registry: str
     delivery: str
-    period: Period
+    period: Period | None  # None when nothing was due
     status: str  # published | unchanged | nothing_due
     path: Path | None = None
     version: int | None = None
@@ -66,13 +67,16 @@ class DeliveryResult:
     files: list[dict[str, Any]] = field(default_factory=list)
     withdrawals: int = 0
     coverage: dict[str, Any] | None = None
+    up_to: date | None = None  # nothing_due: the end of the last delivered period
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form (what an Airflow task returns)."""
         return {
             "registry": self.registry,
             "delivery": self.delivery,
-            "period": {"from": self.period.start.isoformat(), "to": self.period.end.isoformat()},
+            "period": None
+            if self.period is None
+            else {"from": self.period.start.isoformat(), "to": self.period.end.isoformat()},
             "status": self.status,
             "path": None if self.path is None else str(self.path),
             "version": self.version,
@@ -188,7 +192,7 @@ def _manifest(
         "period": {"from": period.start.isoformat(), "to": period.end.isoformat()},
         "reservations_as_of": as_of.isoformat(sep=" "),
         "row_count": staged.rows,
-        "person_count": drop.suppress_small(person_count),
+        "person_count": person_count,
         "excluded": {r: drop.suppress_small(staged.excluded[r]) for r in EXCLUSION_REASONS},
         "columns": delivered_schema(spec).names,
         "spec_sha256": spec.sha256,
@@ -215,8 +219,7 @@ def deliver(
         period = resolve_period(spec, last_end, start, end, now.date())
         if period is None:
             log.info("%s %s: delivered up to %s already", spec.code, spec.delivery, last_end)
-            due = Period(last_end, last_end + timedelta(days=1))
-            return DeliveryResult(spec.code, spec.delivery, due, "nothing_due")
+            return DeliveryResult(spec.code, spec.delivery, None, "nothing_due", up_to=last_end)
         with drop.delivery_lock(
             settings.drop_dir, spec.code, spec.delivery, period, settings.lock_wait_seconds
         ):
@@ -251,9 +254,25 @@ def deliver(
                 drop_path=str(result.path),
                 version=result.version,
             )
-            return result
+        if result.coverage is not None:
+            _write_coverage_report(settings, spec)
+        return result
     finally:
         disclosure_log.close()
+
+
+def _write_coverage_report(settings: Settings, spec: Spec) -> None:
+    """Refresh the register's coverage page from the disclosure log.
+
+    The delivery is already published and logged when this runs, so a failure here must not
+    turn it into a failed delivery: the page is rebuilt from the log by the next delivery.
+    """
+    try:
+        path = write_report(settings.state_url, settings.drop_dir, spec.code, spec.name)
+    except Exception as exc:
+        log.warning("%s: coverage report not written: %s", spec.code, one_line(exc))
+    else:
+        log.info("%s: coverage report %s", spec.code, path)
 
 
 def _attempt(

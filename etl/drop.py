@@ -53,7 +53,7 @@ SMALL_CELL = 5
 _WORK = ".work"
 _STAGING = "staging"
 _LOCKS = "locks"
-_CODE = re.compile(r"[A-Z0-9_]+")
+REGISTRY_CODE = re.compile(r"[A-Z0-9_]+")
 _DELIVERY = re.compile(r"[a-z_]+")
 _LOCK_POLL_SECONDS = 0.05
 
@@ -96,10 +96,10 @@ def staging_dir(drop_dir: Path, code: str, delivery: str, period: Period) -> Pat
     Its name ``<from>_<to>.<host>.<pid>.<random>`` lets clean_stale_staging tell a live run's
     folder from one left by a killed run, also when workers on several hosts share the drop.
     """
-    parent = _make_dirs(_work_root(drop_dir, code, delivery) / _STAGING)
+    parent = make_dirs(_work_root(drop_dir, code, delivery) / _STAGING)
     path = parent / f"{period.label}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
     path.mkdir()
-    path.chmod(_dir_mode())
+    path.chmod(dir_mode())
     return path
 
 
@@ -140,16 +140,16 @@ def quarantine(
     counts and expectation names only, never record values.
     """
     _owning_root(drop_dir, code, delivery, staging)
-    parent = _make_dirs(Path(drop_dir) / QUARANTINE / code / delivery)
+    parent = make_dirs(Path(drop_dir) / QUARANTINE / code / delivery)
     target = parent / f"{period.label}.{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
     os.rename(staging, target)
-    target.chmod(_dir_mode())
+    target.chmod(dir_mode())
     for path in target.iterdir():
         if path.is_file():
-            path.chmod(_file_mode())
+            path.chmod(file_mode())
     _write_json(target / REPORT, report)
-    _fsync_dir(target)
-    _fsync_dir(parent)
+    fsync_dir(target)
+    fsync_dir(parent)
     return target
 
 
@@ -163,8 +163,8 @@ def delivery_lock(
     flock is released by the kernel when the process dies, so a killed run never leaves a
     lock behind; the lock file itself stays (removing it would race with a waiting run).
     """
-    folder = _make_dirs(_work_root(drop_dir, code, delivery) / _LOCKS)
-    fd = os.open(folder / f"{period.label}.lock", os.O_RDWR | os.O_CREAT, _file_mode())
+    folder = make_dirs(_work_root(drop_dir, code, delivery) / _LOCKS)
+    fd = os.open(folder / f"{period.label}.lock", os.O_RDWR | os.O_CREAT, file_mode())
     try:
         _acquire(fd, wait_seconds, f"{code} {delivery} {period.label}")
         try:
@@ -220,7 +220,7 @@ def _latest(root: Path, period: Period) -> tuple[Path, int] | None:
 
 
 def _publish(root: Path, period: Period, staging: Path, manifest: dict[str, Any]) -> Published:
-    _make_dirs(root)
+    make_dirs(root)
     files = _data_files(staging)
     latest = _latest(root, period)
     supersedes, version = None, 1
@@ -239,11 +239,11 @@ def _publish(root: Path, period: Period, staging: Path, manifest: dict[str, Any]
     for entry in files:
         _seal(staging / entry["name"])
     written = _write_json(staging / MANIFEST, content)
-    staging.chmod(_dir_mode())
-    _fsync_dir(staging)
+    staging.chmod(dir_mode())
+    fsync_dir(staging)
     target = root / (period.label if version == 1 else f"{period.label}.v{version}")
     _rename_no_replace(staging, target)
-    _fsync_dir(root)
+    fsync_dir(root)
     return Published("published", target, version, supersedes, files, written)
 
 
@@ -302,7 +302,7 @@ def _rename_no_replace(source: Path, target: Path) -> None:
 
 def _seal(path: Path) -> None:
     """Give a data file the drop's file mode and force it to disk before the manifest."""
-    path.chmod(_file_mode())
+    path.chmod(file_mode())
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -317,8 +317,8 @@ def _write_json(path: Path, content: dict[str, Any]) -> dict[str, Any]:
     returns is exactly what the register gets.
     """
     text = json.dumps(content, sort_keys=True, indent=2, ensure_ascii=False, default=_iso) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _file_mode())
-    os.fchmod(fd, _file_mode())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
+    os.fchmod(fd, file_mode())
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
         out.flush()
@@ -333,7 +333,7 @@ def _iso(value: Any) -> str:
     raise TypeError(f"not JSON serialisable in a manifest: {type(value).__name__}")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -363,7 +363,7 @@ def _acquire(fd: int, wait_seconds: float, what: str) -> None:
 
 def _delivery_root(drop_dir: Path, code: str, delivery: str) -> Path:
     """``<drop_dir>/<CODE>/<delivery>``; the names are checked so they cannot climb out."""
-    if not _CODE.fullmatch(code):
+    if not REGISTRY_CODE.fullmatch(code):
         raise ValueError(f"registry code must match [A-Z0-9_]+, got {code!r}")
     if not _DELIVERY.fullmatch(delivery):
         raise ValueError(f"delivery type must match [a-z_]+, got {delivery!r}")
@@ -391,7 +391,7 @@ def _owning_root(drop_dir: Path, code: str, delivery: str, staging: Path) -> Pat
     return root
 
 
-def _make_dirs(path: Path) -> Path:
+def make_dirs(path: Path) -> Path:
     """Create path and its missing parents with the drop's folder mode (mkdir obeys umask)."""
     missing = []
     current = path
@@ -403,7 +403,7 @@ def _make_dirs(path: Path) -> Path:
             folder.mkdir()
         except FileExistsError:  # a concurrent run created it and sets its mode
             continue
-        folder.chmod(_dir_mode())
+        folder.chmod(dir_mode())
     return path
 
 
@@ -443,9 +443,9 @@ def _mode(variable: str, default: int) -> int:
     return mode
 
 
-def _dir_mode() -> int:
+def dir_mode() -> int:
     return _mode("LEVERANSE_DIR_MODE", DEFAULT_DIR_MODE)
 
 
-def _file_mode() -> int:
+def file_mode() -> int:
     return _mode("LEVERANSE_FILE_MODE", DEFAULT_FILE_MODE)

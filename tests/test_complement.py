@@ -144,3 +144,15 @@ def test_a_new_reservation_makes_a_new_version_with_the_withdrawal(source, tmp_p
     assert manifest_of(second)["supersedes"] == first.path.name
     assert second.withdrawals == 1
     assert second.row_count == 1
+
+
+def test_coverage_page_is_written_after_a_complement_delivery(source, tmp_path):
+    listed = source.person()
+    source.listed("PARKINSON", listed, "C-1", "2024-03-10")
+    parkinson_episode(source, listed)
+    deliver_parkinson(source, tmp_path)
+    page = (tmp_path / "drops" / "_reports" / "PARKINSON" / "coverage.html").read_text()
+    assert "Norsk Parkinsonregister" in page
+    assert "2024-03-01_2024-04-01" in page
+    assert "<svg" in page
+    assert listed not in page
