@@ -15,7 +15,7 @@ import sys
 from datetime import UTC, date, datetime
 
 from etl.redact import install as install_redaction
-from etl.redact import one_line
+from etl.redact import one_line, redact
 
 log = logging.getLogger("leveranse")
 
@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse when reservation_sync is older (LEVERANSE_RESERVATION_MAX_AGE_HOURS; 36)",
     )
 
+    load = commands.add_parser("load-list", help="replace a register's patient or case list")
+    load.add_argument("code", help="the register's code, e.g. PARKINSON")
+    load.add_argument("file", help="CSV (';' or ',', UTF-8) or Parquet: fnr, case_id, index_date")
+    _add_source(load)
+    load.add_argument(
+        "--specs", default=_env("LEVERANSE_SPECS_DIR"), help="register specs folder (a check)"
+    )
+
     synth = commands.add_parser("synth", help="create the source tables with synthetic data")
     _add_source(synth)
     synth.add_argument("--persons", type=int, required=True, help="number of synthetic persons")
@@ -118,6 +126,37 @@ def _run(args: argparse.Namespace) -> int:
         f"v{result.version}, {result.row_count} rows, {result.person_count} persons, "
         f"excluded: {excluded} -> {result.path}"
     )
+    return EXIT_OK
+
+
+def _load_list(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sqlalchemy import inspect
+
+    from etl.register_list import load_list
+    from etl.settings import Settings
+    from etl.source import create_schema, make_engine
+    from etl.spec import SpecError, load_specs
+
+    settings = Settings.resolve(source_url=args.source, specs_dir=args.specs)
+    try:
+        known = load_specs(settings.specs_dir)
+    except SpecError:
+        known = None  # a broken spec elsewhere is the run's problem, not the list's
+    if known is not None and args.code not in known:
+        log.warning(
+            "%s has no spec in %s: check the register code (the list is loaded anyway)",
+            args.code,
+            settings.specs_dir,
+        )
+    engine = make_engine(settings.source_url)
+    try:
+        if not inspect(engine).has_table("register_patient"):
+            create_schema(engine)  # a fresh embedded database; production has its tables
+        print(load_list(engine, args.code, Path(args.file)))
+    finally:
+        engine.dispose()
     return EXIT_OK
 
 
@@ -177,13 +216,18 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     install_redaction()
-    handlers = {"run": _run, "synth": _synth, "demo": _demo}
+    handlers = {"run": _run, "load-list": _load_list, "synth": _synth, "demo": _demo}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("leveranse: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        from etl.register_list import ListRejected
+
+        if isinstance(exc, ListRejected):  # the whole report: row numbers and reasons
+            print(f"leveranse: error: {redact(str(exc))}", file=sys.stderr)
+            return EXIT_USAGE
         code = _exit_code(exc)
         log.debug("failure", exc_info=exc if args.verbose else None)
         print(f"leveranse: error: {one_line(exc)}", file=sys.stderr)

@@ -32,8 +32,9 @@ from typing import Any
 
 from etl.audit import DELIVERED_STATUSES, DisclosureLog
 from etl.coverage import LOW_COVERAGE, Coverage
-from etl.drop import REGISTRY_CODE, file_mode, fsync_dir, make_dirs
+from etl.drop import file_mode, fsync_dir, make_dirs
 from etl.period import Period
+from etl.spec import REGISTRY_CODE
 
 REPORTS = "_reports"
 REPORT_FILE = "coverage.html"

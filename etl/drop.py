@@ -42,6 +42,7 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from etl.period import Period
+from etl.spec import REGISTRY_CODE
 
 DEFAULT_DIR_MODE = 0o750
 DEFAULT_FILE_MODE = 0o640
@@ -53,7 +54,6 @@ SMALL_CELL = 5
 _WORK = ".work"
 _STAGING = "staging"
 _LOCKS = "locks"
-REGISTRY_CODE = re.compile(r"[A-Z0-9_]+")
 _DELIVERY = re.compile(r"[a-z_]+")
 _LOCK_POLL_SECONDS = 0.05
 

@@ -43,7 +43,8 @@ VARIABLE_CATALOGUE = (
     "procedures",
 )
 
-_CODE = re.compile(r"^[A-Z0-9_]+$")
+# A register code names folders and fills register_patient.registry (VARCHAR(32)).
+REGISTRY_CODE = re.compile(r"[A-Z0-9_]{1,32}")
 _TOP_KEYS = {
     "code",
     "name",
@@ -226,8 +227,8 @@ def parse_spec(document: Any, path: Path, sha256: str = "") -> Spec:
             raise r.fail(key, None, "is required")
 
     code = r.string(top["code"], "code")
-    if not _CODE.match(code):
-        raise r.fail("code", code, "must match [A-Z0-9_]+")
+    if not REGISTRY_CODE.fullmatch(code):
+        raise r.fail("code", code, "must match [A-Z0-9_]+, at most 32 characters")
     delivery = r.choice(top["delivery"], "delivery", DELIVERY_TYPES)
     sources = r.subset(top["sources"], "sources", SOURCES)
     if not sources:

@@ -191,3 +191,35 @@ def test_bad_dates_are_usage_errors(tmp_path):
     )
     assert backwards.returncode == 2
     assert "must be before --to" in backwards.stderr
+
+
+def test_load_list_as_a_user_runs_it(db_url, tmp_path):
+    source = Source(db_url)
+    good, other = source.person(), source.person()
+    source.engine.dispose()
+    listing = tmp_path / "parkinson.csv"
+    listing.write_text(
+        f"\ufefffnr;case_id;index_date\n{good};P-1;2023-05-01\n{other};P-2;01.06.2023\n",
+        encoding="utf-8",
+    )
+    loaded = leveranse("load-list", "PARKINSON", str(listing), "--source", db_url)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "loaded 2 rows" in loaded.stdout
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"fnr,case_id,index_date\n{good},P-1,2023-05-01\n{good[:10]}0,P-2,2099-01-01\n")
+    refused = leveranse("load-list", "PARKINSON", str(bad), "--source", db_url)
+    assert refused.returncode == 2
+    assert "row 3" in refused.stderr
+    assert good not in refused.stderr
+    assert good[:10] not in refused.stderr
+
+
+def test_load_list_warns_about_a_register_without_a_spec(tmp_path):
+    source_url = f"sqlite:///{tmp_path / 'source.db'}"
+    listing = tmp_path / "list.csv"
+    number = Source(source_url).person()
+    listing.write_text(f"fnr,case_id,index_date\n{number},X-1,2023-01-01\n")
+    result = leveranse("load-list", "PARKINSONN", str(listing), "--source", source_url)
+    assert result.returncode == 0
+    assert "PARKINSONN has no spec" in result.stderr
