@@ -1,4 +1,4 @@
-"""The command line: ``leveranse run | load-list | synth | demo``.
+"""The command line: ``leveranse run | load-list | audit --check | synth | demo``.
 
 Every option also reads its LEVERANSE_* environment variable (CONTRACT.md section 3). A
 failure ends with one line on stderr that says why and a non-zero exit code an operator or a
@@ -27,6 +27,7 @@ EXIT_VALIDATION = 3  # validation failed: nothing published, evidence quarantine
 EXIT_SOURCE = 4  # source or state database unreachable or failing
 EXIT_RESERVATIONS = 5  # the reservation copy is stale: fail closed
 EXIT_BUSY = 6  # another run holds the register and period
+EXIT_AUDIT = 7  # the disclosure log and the drops on disk disagree
 
 
 def _date(value: str) -> date:
@@ -92,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--specs", default=_env("LEVERANSE_SPECS_DIR"), help="register specs folder (a check)"
     )
+
+    audit = commands.add_parser("audit", help="reconcile the disclosure log with the drops")
+    audit.add_argument(
+        "--check", action="store_true", required=True, help="compare log rows and files"
+    )
+    audit.add_argument("--drop-dir", default=_env("LEVERANSE_DROP_DIR"), help="drop folder")
+    audit.add_argument("--state", default=_env("LEVERANSE_STATE_URL"), help="state database URL")
 
     synth = commands.add_parser("synth", help="create the source tables with synthetic data")
     _add_source(synth)
@@ -160,6 +168,16 @@ def _load_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from etl.reconcile import reconcile
+    from etl.settings import Settings
+
+    settings = Settings.resolve(drop_dir=args.drop_dir, state_url=args.state)
+    result = reconcile(settings.state_url, settings.drop_dir)
+    print(result.report())
+    return EXIT_OK if result.ok else EXIT_AUDIT
+
+
 def _synth(args: argparse.Namespace) -> int:
     from etl.settings import Settings
     from etl.source import make_engine
@@ -216,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     install_redaction()
-    handlers = {"run": _run, "load-list": _load_list, "synth": _synth, "demo": _demo}
+    handlers = {
+        "run": _run,
+        "load-list": _load_list,
+        "audit": _audit,
+        "synth": _synth,
+        "demo": _demo,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -224,6 +224,7 @@ def deliver(
             settings.drop_dir, spec.code, spec.delivery, period, settings.lock_wait_seconds
         ):
             drop.clean_stale_staging(settings.drop_dir, spec.code, spec.delivery)
+            close_interrupted(disclosure_log, settings.drop_dir, spec, period)
             attempt = disclosure_log.start(
                 spec.code,
                 spec.delivery,
@@ -234,7 +235,7 @@ def deliver(
                 as_of,
             )
             try:
-                result = _attempt(settings, spec, period, as_of, now, pseudonymiser)
+                result = _attempt(settings, spec, period, as_of, now, pseudonymiser, attempt)
             except ValidationFailed as exc:
                 disclosure_log.finish(
                     attempt, "validation_failed", reason=one_line(exc), drop_path=exc.evidence_path
@@ -261,6 +262,45 @@ def deliver(
         disclosure_log.close()
 
 
+def close_interrupted(
+    disclosure_log: DisclosureLog, drop_dir: Path, spec: Spec, period: Period
+) -> None:
+    """Finish the log rows of earlier runs of this register and period that died midway.
+
+    Called under the delivery lock, so no other run of the period is alive. A run killed
+    after its rename but before its log write published a drop whose manifest names its
+    attempt: that row becomes published. Any other unfinished row becomes failed.
+    """
+    published = {
+        manifest.get("attempt_id"): (folder, manifest)
+        for folder, manifest in drop.period_versions(drop_dir, spec.code, spec.delivery, period)
+    }
+    for row in disclosure_log.attempts(spec.code):
+        if row["status"] != "running" or row["delivery"] != spec.delivery:
+            continue
+        if (row["period_from"], row["period_to"]) != (period.start, period.end):
+            continue
+        if row["attempt_id"] in published:
+            folder, manifest = published[row["attempt_id"]]
+            disclosure_log.finish(
+                row["attempt_id"],
+                "published",
+                row_count=manifest.get("row_count"),
+                excluded=manifest.get("excluded"),
+                coverage=manifest.get("coverage"),
+                files=manifest.get("files"),
+                drop_path=str(folder),
+                version=manifest.get("version"),
+                reason="completed from its drop after the run was interrupted",
+            )
+            log.warning("%s: an interrupted run had published %s", spec.code, folder.name)
+        else:
+            disclosure_log.finish(
+                row["attempt_id"], "failed", reason="interrupted: the run ended before it finished"
+            )
+            log.warning("%s: closed an interrupted attempt of %s", spec.code, period.label)
+
+
 def _write_coverage_report(settings: Settings, spec: Spec) -> None:
     """Refresh the register's coverage page from the disclosure log.
 
@@ -282,6 +322,7 @@ def _attempt(
     as_of: datetime,
     now: datetime,
     pseudonymiser: Pseudonymiser | None,
+    attempt: str,
 ) -> DeliveryResult:
     """Stage, validate and publish; whatever fails, no staging folder is left behind.
 
@@ -304,7 +345,7 @@ def _attempt(
         finally:
             engine.dispose()
         return _validate_and_publish(
-            settings, spec, period, as_of, staging, staged, guard, listed, pseudonymiser
+            settings, spec, period, as_of, staging, staged, guard, listed, pseudonymiser, attempt
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # gone already if quarantined or published
@@ -321,6 +362,7 @@ def _validate_and_publish(
     guard: ReservationGuard,
     listed: set[str] | None,
     pseudonymiser: Pseudonymiser | None,
+    attempt: str,
 ) -> DeliveryResult:
     """Validate the staged files as they would be published; publish them or quarantine.
 
@@ -360,6 +402,7 @@ def _validate_and_publish(
     staged.evidence.unlink()
     coverage = None if listed is None else measure(delivered, listed, guard.opt_out, pseudonymiser)
     manifest = _manifest(spec, period, as_of, staged, person_count, report.summary(), coverage)
+    manifest["attempt_id"] = attempt
     published = drop.publish(settings.drop_dir, spec.code, spec.delivery, period, staging, manifest)
     return DeliveryResult(
         registry=spec.code,

@@ -204,18 +204,30 @@ def latest_version(
     return _latest(_delivery_root(drop_dir, code, delivery), period)
 
 
-def _latest(root: Path, period: Period) -> tuple[Path, int] | None:
+def period_versions(
+    drop_dir: Path, code: str, delivery: str, period: Period
+) -> list[tuple[Path, dict[str, Any]]]:
+    """Every published folder of the period with its manifest, oldest version first."""
+    root = _delivery_root(drop_dir, code, delivery)
+    return [(path, _read_manifest(path)) for _, path in _versions(root, period)]
+
+
+def _versions(root: Path, period: Period) -> list[tuple[int, Path]]:
     if not root.is_dir():
-        return None
+        return []
     pattern = re.compile(rf"{re.escape(period.label)}(?:\.v([2-9]|[1-9]\d+))?")
-    versions = [
+    return sorted(
         (int(match.group(1) or 1), entry)
         for entry in root.iterdir()
         if (match := pattern.fullmatch(entry.name)) and entry.is_dir()
-    ]
+    )
+
+
+def _latest(root: Path, period: Period) -> tuple[Path, int] | None:
+    versions = _versions(root, period)
     if not versions:
         return None
-    version, path = max(versions)
+    version, path = versions[-1]
     return path, version
 
 
@@ -257,12 +269,16 @@ def _data_files(staging: Path) -> list[dict[str, Any]]:
     return [_describe(path) for path in entries]
 
 
-def _describe(path: Path) -> dict[str, Any]:
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as manifests and the disclosure log record it."""
     with path.open("rb") as data:
-        sha256 = hashlib.file_digest(data, "sha256").hexdigest()
+        return hashlib.file_digest(data, "sha256").hexdigest()
+
+
+def _describe(path: Path) -> dict[str, Any]:
     return {
         "name": path.name,
-        "sha256": sha256,
+        "sha256": sha256_of(path),
         "bytes": path.stat().st_size,
         "rows": pq.read_metadata(path).num_rows,
     }

@@ -1,0 +1,32 @@
+"""Complement information: NPR data on a register's own patients and on those it is missing.
+
+Registers whose spec says `delivery: complement` (today **PARKINSON**, Norsk
+Parkinsonregister) get every record received in the period that matches their selection,
+each marked `registered` (the person is on the register's list, loaded with
+`leveranse load-list`) or `missing`, minus persons kept out by an active reservation. Each
+register picks up `<drop-dir>/<CODE>/complement/<from>_<to>/` with one Parquet file,
+`<CODE>_withdrawals_<from>_<to>.parquet` when listed persons have reserved since (the
+register deletes them), and `manifest.json` with the period's coverage. The coverage page
+`<drop-dir>/_reports/<CODE>/coverage.html` is refreshed after each delivery. A run that
+fails validation publishes nothing and keeps its evidence under `<drop-dir>/_quarantine/`.
+
+**Schedule.** 02:00 UTC every night; a run delivers its data interval, the previous UTC day.
+Registers go in priority order (`deliver_priority_1` first); each mapped instance is
+labelled with its register code.
+
+**Params** (Trigger DAG → form; all optional): `registers` (codes; empty means every
+complement register), `period_from` / `period_to` (ISO dates, `[from, to)`), and
+`reservations_as_of` (apply reservations as they stood at this UTC instant).
+
+**Rerun one register** for a past period: Trigger DAG with `registers = ["PARKINSON"]` and
+the period. Unchanged data writes nothing; changed data (a reservation arrived, the list
+changed) is published beside the old drop as `<from>_<to>.v2`.
+
+**Failures.** Database errors and a stale reservation copy are retried with exponential
+back-off; a bad spec, failed validation or a missing pseudonymisation key fail at once. The
+`summary` task lists every register's outcome and fails the run if any failed.
+"""
+
+from etl.airflow_dag import delivery_dag
+
+dag = delivery_dag("complement", "complement_information", __doc__)

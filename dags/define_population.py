@@ -1,0 +1,34 @@
+"""Define population: every qualifying NPR and KPR record of the period, nightly.
+
+Registers whose spec says `delivery: population` (today **PHV**, the national quality
+register for adults with psychotic disorders) get every record received in the period that
+matches their selection, minus persons kept out by an active reservation. Each register
+picks up `<drop-dir>/<CODE>/population/<from>_<to>/` with one Parquet file and
+`manifest.json`; a run that fails validation publishes nothing and keeps its evidence under
+`<drop-dir>/_quarantine/`.
+
+**Schedule.** 02:00 UTC every night; a run delivers its data interval, the previous UTC day
+(records received in `[data_interval_start, data_interval_end)`). Registers go in priority
+order: `deliver_priority_1` first ... `deliver_priority_4` last; each mapped instance is
+labelled with its register code.
+
+**Params** (Trigger DAG → form; all optional):
+- `registers`: register codes to deliver; empty means every population register.
+- `period_from`, `period_to`: ISO dates, `[from, to)`; each overrides its end of the
+  data interval. A run without a data interval and without them delivers from the end of the
+  last successful delivery to today.
+- `reservations_as_of`: apply reservations as they stood at this UTC instant (default: now).
+
+**Rerun one register** for a past period: Trigger DAG with `registers = ["PHV"]`,
+`period_from = 2025-01-01`, `period_to = 2025-02-01`. A rerun of unchanged data writes
+nothing; changed data is published beside the old drop as `<from>_<to>.v2`. To redo a failed
+night as it was, clear that night's run instead (same data interval).
+
+**Failures.** Database errors and a stale reservation copy are retried three times with
+exponential back-off; a bad spec, failed validation or a missing pseudonymisation key fail
+at once. The `summary` task lists every register's outcome and fails the run if any failed.
+"""
+
+from etl.airflow_dag import delivery_dag
+
+dag = delivery_dag("population", "define_population", __doc__)

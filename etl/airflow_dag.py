@@ -1,0 +1,340 @@
+"""The delivery DAGs: one factory, one thin file per delivery type in dags/.
+
+Each delivery type (population, complement, new_information) is one DAG that runs nightly
+and delivers every register of that type through ``etl.deliver.deliver``, the same function
+the command line calls. The DAG moves register codes, paths and counts between its tasks,
+never data:
+
+    list_registers -> priority_<p>_registers -> deliver_priority_<p> (mapped) -> summary
+
+- ``list_registers`` reads the specs at run time, keeps the registers of this delivery type
+  (or the ones the run's Params name; an unknown code fails the run here, before anything is
+  delivered) and returns ``{code, priority}`` per register.
+- A mapped task has one priority weight for all its instances, and a register's priority
+  class (1 highest .. 4) must decide which deliveries the scheduler starts first when
+  workers are scarce. So there is one mapped task per class, ``deliver_priority_<p>``
+  with an absolute weight of ``5 - p``. Airflow can only map over a task's whole return
+  value (mapping over ``xcom["key"]`` is refused at parse time), so a one-line task
+  ``priority_<p>_registers`` picks each class's registers out of the list. A class without
+  registers expands to no instances and Airflow marks the task skipped.
+  (A per-instance weight would need a custom ``PriorityWeightStrategy`` registered as a
+  scheduler plugin that re-reads the specs in the scheduler; four fixed classes are simpler.)
+- ``deliver_priority_<p>`` delivers one register per instance, labelled with its code in the
+  UI, and returns ``DeliveryResult.to_dict()``. Errors that a retry cannot fix (a bad spec,
+  an empty period, failed validation, no pseudonymisation key) fail the instance at once,
+  with a message naming the register and the reason; everything else
+  (database errors, a stale reservation copy that the next sync may refresh, another run
+  holding the register's lock) is retried with exponential back-off.
+- ``summary`` runs whatever happened upstream (trigger rule all_done), logs one line per
+  register and fails the run if any register was not delivered. It is the DAG's only leaf,
+  so the run's state is its state: skipped classes leave the run green, a failed register
+  turns it red.
+
+The period is ``[data_interval_start, data_interval_end)`` as UTC dates (a nightly run at
+02:00 delivers the previous day), unless the Params ``period_from`` / ``period_to`` say
+otherwise. A manual run without a logical date has no data interval: it falls back to
+``deliver``'s own default (from the end of the last successful delivery up to today) and
+says so in its log.
+
+Parsing a DAG file imports only this module and light ones (settings, specs, redaction): pandas,
+pyarrow and Great Expectations are imported by the tasks that use them, and the source,
+drop and state locations are read from the environment when a task runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import (
+    DAG,
+    Context,
+    CronDataIntervalTimetable,
+    Param,
+    TriggerRule,
+    WeightRule,
+    dag,
+    get_current_context,
+    task,
+)
+from airflow.sdk.exceptions import AirflowFailException
+
+from etl.redact import one_line
+from etl.settings import Settings
+from etl.spec import DELIVERY_TYPES, SpecError, load_specs
+
+log = logging.getLogger(__name__)
+
+PRIORITY_CLASSES = (1, 2, 3, 4)
+SCHEDULE = "0 2 * * *"  # nightly, after NPR's and KPR's evening loads
+START_DATE = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+class DeliveryAttemptFailed(RuntimeError):
+    """One try of one register's delivery failed in a way a later try may not.
+
+    Airflow retries it with back-off. The message is one redacted line: a database driver
+    may quote a row in its error, and the task log must never show an identity number.
+    """
+
+
+def _known_codes(delivery: str) -> list[str]:
+    """Codes of this type's registers, as suggestions in the trigger form only.
+
+    This is the one place that reads specs at parse time. A broken spec must not break the
+    DAG: the form then offers no suggestions and ``list_registers`` reports the error.
+    """
+    try:
+        specs = load_specs(Settings.resolve().specs_dir)
+    except SpecError as exc:
+        log.warning("trigger form without register suggestions: %s", exc)
+        return []
+    return sorted(code for code, spec in specs.items() if spec.delivery == delivery)
+
+
+def _params(delivery: str) -> dict[str, Param]:
+    codes = _known_codes(delivery)
+    suggestions: dict[str, Any] = {"examples": codes} if codes else {}
+    return {
+        "registers": Param(
+            [],
+            type="array",
+            items={"type": "string", "pattern": "^[A-Z0-9_]+$"},
+            title="Registers",
+            description=f"Register codes to deliver; empty delivers every {delivery} register.",
+            **suggestions,
+        ),
+        "period_from": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Period from",
+            description="First received date (inclusive). Empty: the run's data interval.",
+        ),
+        "period_to": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Period to",
+            description="End of the period (exclusive). Empty: the run's data interval.",
+        ),
+        "reservations_as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            title="Reservations as of",
+            description="Apply reservations active at this instant (UTC). Empty: now.",
+        ),
+    }
+
+
+def _param_date(params: dict[str, Any], name: str) -> date | None:
+    value = params.get(name)
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"Param {name} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _param_instant(params: dict[str, Any], name: str) -> datetime | None:
+    """An ISO timestamp as naive UTC (how the source stores timestamps); naive means UTC."""
+    value = params.get(name)
+    if not value:
+        return None
+    try:
+        instant = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"Param {name} is not an ISO timestamp") from None
+    if instant.tzinfo is not None:
+        instant = instant.astimezone(UTC).replace(tzinfo=None)
+    return instant
+
+
+def run_window(context: Context) -> tuple[date | None, date | None, datetime | None]:
+    """The run's period and reservation instant: Params first, then the data interval.
+
+    Each bound is resolved on its own, so ``period_from`` alone reruns from that date up
+    to the end of the run's interval. ``None`` bounds are left to ``deliver``'s default.
+    """
+    params = context["params"]
+    start, end = _param_date(params, "period_from"), _param_date(params, "period_to")
+    interval_start = context.get("data_interval_start")
+    interval_end = context.get("data_interval_end")
+    if interval_start is not None and interval_end is not None:
+        start = start or interval_start.astimezone(UTC).date()
+        end = end or interval_end.astimezone(UTC).date()
+    elif start is None or end is None:
+        log.info(
+            "this run has no data interval (a manual run without a logical date) and the "
+            "Params give no full period: falling back to deliver()'s default period, from "
+            "the end of the last successful delivery (or the spec's lookback) to today"
+        )
+    if start is not None and end is not None and start >= end:
+        raise AirflowFailException(
+            f"the period {start.isoformat()} .. {end.isoformat()} is empty: period_from "
+            "must be before period_to (the period is [from, to))"
+        )
+    return start, end, _param_instant(params, "reservations_as_of")
+
+
+def _not_retryable() -> tuple[type[BaseException], ...]:
+    """Errors a retry cannot fix; imported at run time to keep pandas and GX out of parsing.
+
+    Everything else is retried: database errors, a stale reservation copy (the next
+    synchronisation may land within the back-off), another run holding the register's lock,
+    and anything unforeseen (a retry costs minutes; a missed night costs a manual rerun).
+    """
+    from etl.pseudonym import PseudonymKeyMissing
+    from etl.validate import ValidationFailed
+
+    # ValueError covers SpecError and a period deliver() finds empty (from >= its default
+    # end, today): the same input fails the same way however often it is tried.
+    return ValueError, ValidationFailed, PseudonymKeyMissing
+
+
+def delivery_dag(delivery: str, dag_id: str, doc_md: str) -> DAG:
+    """The nightly DAG of one delivery type (see the module docstring for its shape).
+
+    ``doc_md`` is the DAG file's module docstring: the UI shows it as the DAG's
+    documentation, and its first line as the description in the DAG list.
+    """
+    if delivery not in DELIVERY_TYPES:
+        raise ValueError(f"delivery must be one of {', '.join(DELIVERY_TYPES)}, not {delivery!r}")
+
+    @dag(
+        dag_id=dag_id,
+        description=doc_md.strip().splitlines()[0],
+        doc_md=doc_md,
+        schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["leveranse", delivery],
+        default_args={"owner": "leveranse"},
+        params=_params(delivery),
+    )
+    def delivery_pipeline() -> None:
+        @task
+        def list_registers() -> list[dict[str, Any]]:
+            """This type's registers (or the Params' selection), highest priority first."""
+            context = get_current_context()
+            try:
+                specs = load_specs(Settings.resolve().specs_dir)
+            except SpecError as exc:
+                raise AirflowFailException(f"the register specs cannot be read: {exc}") from None
+            own = {code: spec for code, spec in specs.items() if spec.delivery == delivery}
+            wanted = list(dict.fromkeys(context["params"]["registers"])) or sorted(own)
+            unknown = [code for code in wanted if code not in own]
+            if unknown:
+                others = {c: specs[c].delivery for c in unknown if c in specs}
+                detail = "; ".join(f"{c} is a {d} register" for c, d in others.items())
+                raise AirflowFailException(
+                    f"Param registers names {', '.join(unknown)}, not {delivery} register(s) "
+                    f"({detail or 'no spec has that code'}); "
+                    f"the {delivery} registers are: {', '.join(sorted(own)) or 'none'}"
+                )
+            start, end, as_of = run_window(context)
+            period = f"{start or 'default'} .. {end or 'default'}"
+            log.info(
+                "%s: %d register(s), period %s, reservations as of %s",
+                delivery,
+                len(wanted),
+                period,
+                as_of or "now",
+            )
+            registers = [{"code": code, "priority": own[code].priority} for code in wanted]
+            return sorted(registers, key=lambda r: (r["priority"], r["code"]))
+
+        @task
+        def registers_of_class(
+            registers: list[dict[str, Any]], priority: int
+        ) -> list[dict[str, Any]]:
+            """One priority class of the list: what one mapped delivery task expands over."""
+            return [r for r in registers if r["priority"] == priority]
+
+        @task(
+            map_index_template="{{ task.op_kwargs['register']['code'] }}",
+            retries=3,
+            retry_delay=timedelta(minutes=2),
+            retry_exponential_backoff=2.0,  # a multiplier on 3.3: True would mean 1.0, no back-off
+            max_retry_delay=timedelta(minutes=30),
+            weight_rule=WeightRule.ABSOLUTE,
+        )
+        def deliver_register(register: dict[str, Any]) -> dict[str, Any]:
+            """Deliver one register for the run's period; return paths and counts."""
+            from etl.deliver import deliver
+
+            code = register["code"]
+            start, end, as_of = run_window(get_current_context())
+            try:
+                return deliver(Settings.resolve(), code, start, end, as_of).to_dict()
+            except _not_retryable() as exc:
+                raise AirflowFailException(f"{code}: not retried: {one_line(exc)}") from None
+            except Exception as exc:
+                # Where it failed, without what it failed on: frames hold no values.
+                log.error(
+                    "%s: failed in\n%s", code, "".join(traceback.format_tb(exc.__traceback__))
+                )
+                raise DeliveryAttemptFailed(
+                    f"{code}: {type(exc).__name__}: {one_line(exc)} (retried with back-off)"
+                ) from None
+
+        @task(trigger_rule=TriggerRule.ALL_DONE)
+        def summary(
+            registers: list[dict[str, Any]] | None, results: list[list[dict[str, Any]]]
+        ) -> None:
+            """One line per register; fail the run if any register was not delivered."""
+            if registers is None:
+                raise AirflowFailException("no register list: see the task list_registers")
+            # Slice each mapped task's results: one request for what exists. Iterating would
+            # probe one index past the end and log a misleading "XCom not found" error.
+            delivered = {r["registry"]: r for batch in results for r in batch[:]}
+            missing = []
+            for register in registers:
+                code = register["code"]
+                result = delivered.get(code)
+                if result is None:
+                    missing.append(code)
+                    log.error(
+                        "%-12s FAILED: see deliver_priority_%d [%s]",
+                        code,
+                        register["priority"],
+                        code,
+                    )
+                    continue
+                period = result["period"]  # None when nothing was due
+                log.info(
+                    "%-12s %-11s %s rows=%d persons=%d withdrawals=%d path=%s",
+                    code,
+                    result["status"],
+                    "-" if period is None else f"{period['from']}..{period['to']}",
+                    result["row_count"],
+                    result["person_count"],
+                    result.get("withdrawals", 0),
+                    result["path"] or "-",
+                )
+            if missing:
+                raise AirflowFailException(
+                    f"{len(missing)} of {len(registers)} {delivery} register(s) not delivered: "
+                    f"{', '.join(missing)}"
+                )
+
+        registers = list_registers()
+        results = []
+        for priority in PRIORITY_CLASSES:
+            of_class = registers_of_class.override(task_id=f"priority_{priority}_registers")(
+                registers, priority
+            )
+            results.append(
+                deliver_register.override(
+                    task_id=f"deliver_priority_{priority}",
+                    priority_weight=len(PRIORITY_CLASSES) + 1 - priority,
+                ).expand(register=of_class)
+            )
+        summary(registers, results)
+
+    return delivery_pipeline()
