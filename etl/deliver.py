@@ -5,8 +5,10 @@ quarantine -> disclosure log. The command line and the DAGs both call ``deliver`
 else runs a delivery.
 
 A delivery holds a lock on its register and period for the whole run, so two runs never
-both write; it cleans what a killed run left in staging before it starts; and every attempt,
-whatever its end, leaves one row in the disclosure log.
+both write; it cleans what a killed run left in staging before it starts; and every attempt
+that gets that far, whatever its end, leaves one row in the disclosure log. What fails
+before (a bad spec, a missing pseudonymisation key, an impossible period, the lock held by
+another run) has disclosed nothing and is reported by the command line or the task only.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class DeliveryResult:
             "files": self.files,
             "withdrawals": self.withdrawals,
             "coverage": self.coverage,
+            "up_to": None if self.up_to is None else self.up_to.isoformat(),
         }
 
 
