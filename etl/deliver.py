@@ -334,7 +334,7 @@ def _attempt(
     """
     staging = drop.staging_dir(settings.drop_dir, spec.code, spec.delivery, period)
     try:
-        engine = make_engine(settings.source_url)
+        engine = make_engine(settings.source_url, settings.statement_timeout_seconds)
         try:
             with engine.connect() as conn:
                 check_fresh(conn, settings.reservation_max_age_hours, now)

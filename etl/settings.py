@@ -23,6 +23,8 @@ DEFAULTS = {
     "LEVERANSE_RESERVATION_MAX_AGE_HOURS": "36",
     # How long a run waits for another run of the same register and period.
     "LEVERANSE_LOCK_WAIT_SECONDS": "600",
+    # How long one source query may run before it is cancelled (and the DAG retries).
+    "LEVERANSE_STATEMENT_TIMEOUT_SECONDS": "3600",
 }
 
 
@@ -40,6 +42,7 @@ class Settings:
     state_url: str
     reservation_max_age_hours: float
     lock_wait_seconds: float
+    statement_timeout_seconds: float
 
     @classmethod
     def resolve(
@@ -50,6 +53,7 @@ class Settings:
         state_url: str | None = None,
         reservation_max_age_hours: float | None = None,
         lock_wait_seconds: float | None = None,
+        statement_timeout_seconds: float | None = None,
     ) -> Settings:
         """Explicit values first, then LEVERANSE_* variables, then the embedded defaults."""
         return cls(
@@ -61,4 +65,7 @@ class Settings:
                 _value(reservation_max_age_hours, "LEVERANSE_RESERVATION_MAX_AGE_HOURS")
             ),
             lock_wait_seconds=float(_value(lock_wait_seconds, "LEVERANSE_LOCK_WAIT_SECONDS")),
+            statement_timeout_seconds=float(
+                _value(statement_timeout_seconds, "LEVERANSE_STATEMENT_TIMEOUT_SECONDS")
+            ),
         )

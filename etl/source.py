@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from functools import cache, lru_cache
 from pathlib import Path
@@ -84,8 +85,39 @@ def _register_sqlite_functions(dbapi_connection: sqlite3.Connection, _record: An
     dbapi_connection.execute("PRAGMA busy_timeout = 30000")
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for a source or state URL, with the SQLite shims where needed."""
+def _limit_postgresql_statements(seconds: float) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('statement_timeout', %s, false)", (str(int(seconds * 1000)),)
+            )
+        dbapi_connection.commit()
+
+    return on_connect
+
+
+def _limit_sqlite_statements(engine: Engine, seconds: float) -> None:
+    """SQLite has no statement timeout: a progress handler interrupts a statement that has
+    run longer than ``seconds`` (sqlite3 then raises OperationalError 'interrupted')."""
+
+    def on_connect(dbapi_connection: sqlite3.Connection, record: Any) -> None:
+        deadline = record.info.setdefault("deadline", [float("inf")])
+        dbapi_connection.set_progress_handler(lambda: int(time.monotonic() > deadline[0]), 10_000)
+
+    def before_execute(conn: Any, *_args: Any) -> None:
+        # conn.connection.info is the connection record's info that on_connect filled
+        conn.connection.info["deadline"][0] = time.monotonic() + seconds
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "before_cursor_execute", before_execute)
+
+
+def make_engine(url: str, statement_timeout: float | None = None) -> Engine:
+    """An engine for a source or state URL, with the SQLite shims where needed.
+
+    ``statement_timeout`` (seconds) makes a query that hangs fail instead of holding a
+    nightly run forever; the failure is an ordinary database error, which the DAGs retry.
+    """
     if url.startswith("sqlite") and ":memory:" not in url:
         path = url.split("///", 1)[-1].split("?", 1)[0]
         if path:
@@ -93,6 +125,10 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _register_sqlite_functions)
+        if statement_timeout:
+            _limit_sqlite_statements(engine, statement_timeout)
+    elif engine.dialect.name == "postgresql" and statement_timeout:
+        event.listen(engine, "connect", _limit_postgresql_statements(statement_timeout))
     return engine
 
 
