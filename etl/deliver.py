@@ -102,6 +102,7 @@ class Staged:
     rows: int
     excluded: Counter[str]
     withdrawals: pa.Table
+    anomalies: dict[str, int]  # delivered as the source has them, counted
 
 
 def utc_now() -> datetime:
@@ -145,7 +146,7 @@ def _stage(
     extraction = Extraction()
     data_path = staging / file_name(spec, period)
     evidence_path = staging / EVIDENCE_FILE
-    rows, invalid = 0, 0
+    rows, invalid, end_before_start = 0, 0, 0
     with (
         pq.ParquetWriter(data_path, delivered_schema(spec), **PARQUET_OPTIONS) as data,
         pq.ParquetWriter(evidence_path, EVIDENCE_SCHEMA, **PARQUET_OPTIONS) as evidence,
@@ -153,6 +154,7 @@ def _stage(
         for batch in run(conn, spec, parameters(spec, period, as_of), extraction):
             shaped = shape(batch, spec, pseudonymiser)
             invalid += shaped.invalid_fnr
+            end_before_start += shaped.end_before_start
             if shaped.delivered.num_rows:
                 data.write_batch(shaped.delivered)
                 evidence.write_batch(shaped.evidence)
@@ -162,7 +164,8 @@ def _stage(
     withdrawn = withdrawals(conn, spec, as_of)
     if withdrawn.num_rows:
         pq.write_table(withdrawn, staging / withdrawals_file_name(spec, period), **PARQUET_OPTIONS)
-    return Staged(data_path, evidence_path, rows, excluded, withdrawn)
+    anomalies = {"end_before_start": end_before_start}
+    return Staged(data_path, evidence_path, rows, excluded, withdrawn, anomalies)
 
 
 def _person_count(table: pa.Table) -> int:
@@ -198,6 +201,7 @@ def _manifest(
         "person_count": person_count,
         "excluded": {r: drop.suppress_small(staged.excluded[r]) for r in EXCLUSION_REASONS},
         "columns": delivered_schema(spec).names,
+        "anomalies": staged.anomalies,
         "spec_sha256": spec.sha256,
         "validation": validation,
         "software_version": __version__,

@@ -8,6 +8,10 @@ of persons with a NO_FNR reservation lose their fnr and get a pseudonym where th
 
 Next to each delivered batch comes an evidence batch, never published, that lets validation
 check the selection independently of the SQL that made it.
+
+Source anomalies that do not stop a record from qualifying are delivered as the source has
+them and counted for the manifest (an episode that ends before it starts), so the register
+sees them and the source owner can be told.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class Shaped:
     delivered: pa.RecordBatch
     evidence: pa.RecordBatch
     invalid_fnr: int
+    end_before_start: int
 
 
 def _split_codes(codes: list[str | None]) -> tuple[list, list, list, list]:
@@ -160,4 +165,6 @@ def shape(batch: pa.RecordBatch, spec: Spec, pseudonymiser: Pseudonymiser | None
         ],
         schema=EVIDENCE_SCHEMA,
     )
-    return Shaped(delivered=delivered, evidence=evidence, invalid_fnr=invalid)
+    ends_early = pc.less(batch.column("end_date"), batch.column("start_date"))
+    end_before_start = pc.sum(ends_early.fill_null(False).cast(pa.int64())).as_py() or 0
+    return Shaped(delivered, evidence, invalid, end_before_start)

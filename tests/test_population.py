@@ -411,3 +411,20 @@ def test_guard_catches_a_reserved_person_the_selection_let_through(source, tmp_p
         {"source": ["NPR", "KPR", "NPR"], "fnr": [reserved, reserved, source.person()]}
     )
     assert guard.allowed(frame, None).tolist() == [False, False, True]
+
+
+def test_source_anomalies_are_delivered_counted_or_ignored(source, tmp_path):
+    """End before start: delivered and counted. A null code or an unknown code system never
+    qualifies a record and is otherwise ignored."""
+    person = source.person()
+    backwards = source.episode(person, start="2024-02-27", end="2024-02-20")
+    null_code = source.episode(person, diagnoses=[None, "F200"])
+    only_null = source.episode(person, diagnoses=[None])
+    unknown_system = source.contact(person, diagnoses=[("P72", "ICPC-3")])
+    result = deliver_with(source, tmp_path)
+    assert delivered_ids(result) == {("NPR", backwards), ("NPR", null_code)}
+    assert ("NPR", only_null) not in delivered_ids(result)
+    assert ("KPR", unknown_system) not in delivered_ids(result)
+    rows = {row["record_id"]: row for row in delivered_rows(result)}
+    assert rows[null_code]["diagnoses"] == ["F200"]
+    assert manifest_of(result)["anomalies"] == {"end_before_start": 1}
