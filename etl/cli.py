@@ -190,7 +190,7 @@ def _synth(args: argparse.Namespace) -> int:
         summary = synthesize(engine, args.persons, args.seed, args.today, progress=True)
     finally:
         engine.dispose()
-    print(summary)
+    print("synthetic source: " + ", ".join(f"{n} {t}" for t, n in summary.tables().items()))
     return EXIT_OK
 
 
