@@ -30,6 +30,7 @@ from etl.source import bind, make_engine, statements
 FINISHED_STATUSES = frozenset({"published", "unchanged", "validation_failed", "failed"})
 DELIVERED_STATUSES = frozenset({"published", "unchanged"})
 REASON_MAX_CHARS = 500
+STATEMENT_TIMEOUT_SECONDS = 60
 
 _JSON_COLUMNS = ("variables", "excluded", "coverage", "files")
 # SQLite returns dates and timestamps as text; typing the result columns parses them.
@@ -47,7 +48,8 @@ class DisclosureLog:
     """The disclosure log of one state database."""
 
     def __init__(self, state_url: str) -> None:
-        self._engine = make_engine(state_url)
+        # The log is written while a delivery holds its lock: a hung state database must fail.
+        self._engine = make_engine(state_url, statement_timeout=STATEMENT_TIMEOUT_SECONDS)
         try:
             self._create_schema()
         except exc.IntegrityError:

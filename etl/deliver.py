@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import __version__, drop
+from etl import __version__, drop, faults
 from etl.audit import DisclosureLog
 from etl.coverage import Coverage, measure, register_persons
 from etl.coverage_report import write_report
@@ -41,6 +41,7 @@ from etl.validate import (
     ReservationGuard,
     ValidationFailed,
     check_frame,
+    preload_great_expectations,
     validate_delivery,
     withdrawal_frame,
 )
@@ -142,7 +143,12 @@ def _stage(
     pseudonymiser: Pseudonymiser | None,
 ) -> Staged:
     """Stream the selection into the staged Parquet file and its evidence, batch by batch,
-    and stage the withdrawals file where there are any (CONTRACT.md section 4)."""
+    and stage the withdrawals file where there are any (CONTRACT.md section 4).
+
+    Great Expectations starts importing now, to overlap the database's work (see
+    ``preload_great_expectations``).
+    """
+    preload_great_expectations()
     extraction = Extraction()
     data_path = staging / file_name(spec, period)
     evidence_path = staging / EVIDENCE_FILE
@@ -159,12 +165,14 @@ def _stage(
                 data.write_batch(shaped.delivered)
                 evidence.write_batch(shaped.evidence)
                 rows += shaped.delivered.num_rows
+                faults.point("during_extraction")
     excluded = Counter({reason: extraction.excluded.get(reason, 0) for reason in EXCLUSION_REASONS})
     excluded["invalid_fnr"] = invalid
     withdrawn = withdrawals(conn, spec, as_of)
     if withdrawn.num_rows:
         pq.write_table(withdrawn, staging / withdrawals_file_name(spec, period), **PARQUET_OPTIONS)
     anomalies = {"end_before_start": end_before_start}
+    faults.point("after_parquet")
     return Staged(data_path, evidence_path, rows, excluded, withdrawn, anomalies)
 
 
@@ -222,6 +230,7 @@ def deliver(
     as_of = reservations_as_of or now
     disclosure_log = DisclosureLog(settings.state_url)
     try:
+        close_all_interrupted(disclosure_log, settings.drop_dir, spec)
         last_end = disclosure_log.last_delivered_end(spec.code, spec.delivery)
         period = resolve_period(spec, last_end, start, end, now.date())
         if period is None:
@@ -232,6 +241,7 @@ def deliver(
         ):
             drop.clean_stale_staging(settings.drop_dir, spec.code, spec.delivery)
             close_interrupted(disclosure_log, settings.drop_dir, spec, period)
+            faults.point("before_log_start")
             attempt = disclosure_log.start(
                 spec.code,
                 spec.delivery,
@@ -241,6 +251,7 @@ def deliver(
                 delivered_schema(spec).names,
                 as_of,
             )
+            faults.point("after_log_start")
             try:
                 result = _attempt(settings, spec, period, as_of, now, pseudonymiser, attempt)
             except ValidationFailed as exc:
@@ -289,12 +300,13 @@ def close_interrupted(
             continue
         if row["attempt_id"] in published:
             folder, manifest = published[row["attempt_id"]]
+            # The manifest holds exclusion and coverage counts in their published form
+            # ("<5"); the exact ones died with the run, so the row leaves them unknown.
             disclosure_log.finish(
                 row["attempt_id"],
                 "published",
                 row_count=manifest.get("row_count"),
-                excluded=manifest.get("excluded"),
-                coverage=manifest.get("coverage"),
+                person_count=manifest.get("person_count"),
                 files=manifest.get("files"),
                 drop_path=str(folder),
                 version=manifest.get("version"),
@@ -306,6 +318,27 @@ def close_interrupted(
                 row["attempt_id"], "failed", reason="interrupted: the run ended before it finished"
             )
             log.warning("%s: closed an interrupted attempt of %s", spec.code, period.label)
+
+
+def close_all_interrupted(disclosure_log: DisclosureLog, drop_dir: Path, spec: Spec) -> None:
+    """Close dead runs of this register and delivery in any period, before a period is chosen.
+
+    A run killed after publishing but before logging left a running row, and the next
+    scheduled run usually covers another period: without this, the published drop would stay
+    unlogged and the next default period would start too early. Each such period's lock is
+    tried without waiting: a run that holds it is alive, and its row is its own.
+    """
+    periods = {
+        Period(row["period_from"], row["period_to"])
+        for row in disclosure_log.attempts(spec.code)
+        if row["status"] == "running" and row["delivery"] == spec.delivery
+    }
+    for period in sorted(periods):
+        try:
+            with drop.delivery_lock(drop_dir, spec.code, spec.delivery, period, 0):
+                close_interrupted(disclosure_log, drop_dir, spec, period)
+        except drop.DeliveryLocked:
+            log.debug("%s: %s is being delivered by a live run", spec.code, period.label)
 
 
 def _write_coverage_report(settings: Settings, spec: Spec) -> None:
@@ -405,6 +438,7 @@ def _validate_and_publish(
             settings.drop_dir, spec.code, spec.delivery, period, staging, report.to_dict()
         )
         raise ValidationFailed(report, str(where))
+    faults.point("after_validation")
 
     staged.evidence.unlink()
     coverage = None if listed is None else measure(delivered, listed, guard.opt_out, pseudonymiser)

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
+from etl import faults
 from etl.period import Period
 from etl.spec import REGISTRY_CODE
 
@@ -250,12 +251,15 @@ def _publish(root: Path, period: Period, staging: Path, manifest: dict[str, Any]
     }
     for entry in files:
         _seal(staging / entry["name"])
+    faults.point("before_manifest")
     written = _write_json(staging / MANIFEST, content)
     staging.chmod(dir_mode())
     fsync_dir(staging)
+    faults.point("before_rename")
     target = root / (period.label if version == 1 else f"{period.label}.v{version}")
     _rename_no_replace(staging, target)
     fsync_dir(root)
+    faults.point("after_rename")
     return Published("published", target, version, supersedes, files, written)
 
 

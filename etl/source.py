@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 _EPOCH = datetime(1970, 1, 1)
+CONNECT_TIMEOUT_SECONDS = 15
 
 
 class SourceError(RuntimeError):
@@ -122,7 +123,12 @@ def make_engine(url: str, statement_timeout: float | None = None) -> Engine:
         path = url.split("///", 1)[-1].split("?", 1)[0]
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_pre_ping=True)
+    # A database host that drops packets must fail the run, not hang it: PostgreSQL
+    # connections give up after CONNECT_TIMEOUT_SECONDS.
+    connect_args = (
+        {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if url.startswith("postgres") else {}
+    )
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _register_sqlite_functions)
         if statement_timeout:

@@ -89,3 +89,21 @@ def test_an_interrupted_run_is_closed_by_the_next_run(delivered):
     assert [row["status"] for row in rows] == ["published", "unchanged"]
     assert "interrupted" in rows[0]["reason"]
     assert check(settings).ok
+
+
+def test_an_interrupted_run_is_closed_by_a_run_of_another_period(delivered):
+    """The next scheduled run usually covers the next period: it still completes the dead
+    run's row, so March is not delivered again and the log agrees with the drops."""
+    settings, result = delivered
+    engine = make_engine(settings.state_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE disclosure_log SET status = 'running', finished_at = NULL"))
+    engine.dispose()
+    from etl.deliver import deliver
+
+    april = deliver(settings, "TESTPOP", end=result.period.end + timedelta(days=30))
+    assert april.period.start == result.period.end
+    rows = DisclosureLog(settings.state_url).attempts()
+    assert [row["status"] for row in rows] == ["published", "published"]
+    assert rows[0]["person_count"] == result.person_count
+    assert check(settings).ok
