@@ -42,9 +42,13 @@ def test_sqlite_shims_behave_like_postgresql(db_url):
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE d (code VARCHAR(8), day DATE)"))
         conn.execute(text("INSERT INTO d VALUES (' f20.0 ', '2024-02-28'), (NULL, '2024-03-01')"))
-        codes = conn.execute(
-            text("SELECT regexp_replace(upper(code), '[^A-Z0-9]', '', 'g') FROM d ORDER BY day")
-        ).scalars().all()
+        codes = (
+            conn.execute(
+                text("SELECT regexp_replace(upper(code), '[^A-Z0-9]', '', 'g') FROM d ORDER BY day")
+            )
+            .scalars()
+            .all()
+        )
         days = conn.execute(
             text("SELECT date_part('year', day), date_part('epoch', day) FROM d ORDER BY day")
         ).all()
