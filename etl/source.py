@@ -165,16 +165,21 @@ def create_schema(engine: Engine) -> None:
 def bind_value(dialect: str, value: Any) -> Any:
     """A parameter value as the dialect stores it.
 
-    SQLite keeps dates and timestamps as ISO text (contract section 1); comparing text with
-    text is only right when both sides have the same shape, so timestamps are bound with
-    microseconds, which orders correctly against stored values with or without fractions.
+    SQLite keeps dates and timestamps as ISO text (contract section 1), with or without
+    fractional seconds, and compares them as text. A timestamp is bound in the shortest
+    form that orders right against both: whole seconds without a fraction (a stored
+    '00:00:00.000' sorts after '00:00:00', as the instant does not), otherwise with
+    microseconds.
     """
     if dialect != "sqlite":
         return value
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        if value.microsecond:
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        # Without a fraction: stored '... 00:00:00' and '... 00:00:00.000' both sort >= it.
+        return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, bool):
