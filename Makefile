@@ -27,6 +27,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup -m "not slow"
 
+# The PHV delivery against a raw export and a naive pandas version, at 1M and 10M episodes
+# on PostgreSQL and SQLite; writes benchmarks/RESULTS.md. Not a test. Subsets and options:
+# make bench BENCH_ARGS="--sizes 1000000 --dialects postgresql" (python -m benchmarks --help).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check etl dags tests benchmarks
 

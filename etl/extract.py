@@ -192,12 +192,14 @@ def run(
     spec: Spec,
     params: Mapping[str, Any],
     extraction: Extraction,
-    batch_rows: int = 50_000,
+    batch_rows: int = 10_000,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the records of the spec's delivery as Arrow batches of the raw columns.
 
     Counts of left-out records are added to ``extraction.excluded`` as they arrive (they come
-    first in the result).
+    first in the result). ``batch_rows`` sets the peak memory of extraction: a batch is held
+    as Python tuples before it becomes Arrow (about 1.5 kB a row), so 10,000 rows keep a full
+    year at 10 million episodes within 1.2x the peak at 1 million (50,000 rows: 1.47x).
     """
     sql = render(spec.delivery, len(criteria(spec)))
     names = list(columns(spec.delivery))

@@ -19,11 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Connection
 
@@ -38,6 +40,9 @@ from etl.spec import Spec
 log = logging.getLogger(__name__)
 
 _preload: threading.Thread | None = None
+
+# The name validation reports give the key's uniqueness expectation (see ``_run``).
+UNIQUE_KEY = "expect_column_values_to_be_unique(_key)"
 
 CHECK_COLUMNS = (
     "_key",
@@ -267,10 +272,27 @@ def _withdrawal_suite() -> list[Any]:
 
 
 def validate_delivery(
-    frame: pd.DataFrame, spec: Spec, withdrawals: pd.DataFrame | None
+    frames: Iterable[pd.DataFrame], spec: Spec, withdrawals: pd.DataFrame | None
 ) -> ValidationReport:
-    """Run the delivery's suite, and the withdrawals' suite where there are withdrawals."""
-    report = _run(frame, f"{spec.code}.{spec.delivery}", _suite(spec, list(frame.columns)))
+    """Run the delivery's suite batch by batch, and the withdrawals' suite where there are any.
+
+    ``frames`` are check frames (``check_frame``) of consecutive parts of the staged file, so
+    memory is bounded by a batch, not by the delivery. Per expectation, the batches' results
+    are added up. Uniqueness of ``_key`` is also decided across batches, from a 64-bit hash
+    per row (8 bytes a row): a duplicate split over two batches is counted like one inside a
+    batch (every row of a repeated key is unexpected); a hash collision can only fail a
+    delivery, never pass one.
+    """
+    name = f"{spec.code}.{spec.delivery}"
+    report: ValidationReport | None = None
+    hashes: list[np.ndarray] = []
+    for frame in frames:
+        part = _run(frame, name, _suite(spec, list(frame.columns)))
+        report = part if report is None else _add(report, part)
+        hashes.append(pd.util.hash_pandas_object(frame["_key"], index=False).to_numpy())
+    if report is None:
+        raise ValueError("validate_delivery needs at least one (possibly empty) frame")
+    report = _with_global_uniqueness(report, np.concatenate(hashes))
     if withdrawals is not None:
         extra = _run(withdrawals, f"{spec.code}.withdrawals", _withdrawal_suite(), "withdrawals.")
         report = ValidationReport(
@@ -280,6 +302,38 @@ def validate_delivery(
             results=report.results + extra.results,
         )
     return report
+
+
+def _add(total: ValidationReport, part: ValidationReport) -> ValidationReport:
+    """Two batches' results of one suite, expectation by expectation."""
+    results = []
+    for a, b in zip(total.results, part.results, strict=True):
+        counts = {
+            key: None if a[key] is None and b[key] is None else (a[key] or 0) + (b[key] or 0)
+            for key in ("element_count", "unexpected_count")
+        }
+        results.append(a | counts | {"success": a["success"] and b["success"]})
+    return _report(results)
+
+
+def _with_global_uniqueness(report: ValidationReport, hashes: np.ndarray) -> ValidationReport:
+    """The report with ``_key`` uniqueness counted over every batch together."""
+    _, counts = np.unique(hashes, return_counts=True)
+    repeated = int(counts[counts > 1].sum())
+    results = [
+        r | {"unexpected_count": repeated, "success": repeated == 0}
+        if r["expectation"] == UNIQUE_KEY
+        else r
+        for r in report.results
+    ]
+    return _report(results)
+
+
+def _report(results: list[dict[str, Any]]) -> ValidationReport:
+    failed = [r["expectation"] for r in results if not r["success"]]
+    return ValidationReport(
+        success=not failed, expectations=len(results), failed=failed, results=results
+    )
 
 
 def _run(
@@ -300,21 +354,16 @@ def _run(
         suite.add_expectation(expectation)
     outcome = batch.validate(suite, result_format="SUMMARY")
 
-    results, failed = [], []
+    results = []
     for result in outcome.results:
         config = result.expectation_config
         column = f"({config.kwargs['column']})" if "column" in config.kwargs else ""
-        name = prefix + config.type + column
         results.append(
             {
-                "expectation": name,
+                "expectation": prefix + config.type + column,
                 "success": bool(result.success),
                 "element_count": result.result.get("element_count"),
                 "unexpected_count": result.result.get("unexpected_count"),
             }
         )
-        if not result.success:
-            failed.append(name)
-    return ValidationReport(
-        success=not failed, expectations=len(results), failed=failed, results=results
-    )
+    return _report(results)
