@@ -25,6 +25,11 @@ changed) is published beside the old drop as `<from>_<to>.v2`.
 **Failures.** Database errors and a stale reservation copy are retried with exponential
 back-off; a bad spec, failed validation or a missing pseudonymisation key fail at once. The
 `summary` task lists every register's outcome and fails the run if any failed.
+
+**Also.** `full_refresh` (Param) delivers each register's whole lookback window as one drop.
+Each new drop emits the asset event `drop/<CODE>/<delivery>` (consumed by `drop_notices`);
+a register that fails for good sends an alert when `LEVERANSE_ALERT_EMAIL` is set; the
+`summary` task ends with `leveranse audit --check` and fails the run on any mismatch.
 """
 
 from etl.airflow_dag import delivery_dag
