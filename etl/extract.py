@@ -21,6 +21,7 @@ import pyarrow as pa
 from sqlalchemy.engine import Connection
 
 from etl.period import Period
+from etl.reservations import active_at
 from etl.source import sql_text, stream
 from etl.spec import Spec
 
@@ -152,7 +153,7 @@ def parameters(spec: Spec, period: Period, as_of: datetime) -> dict[str, Any]:
         "registry": spec.code,
         "period_start": start,
         "period_end": end,
-        "as_of": as_of,
+        **active_at(as_of),
         "use_npr": int("NPR" in spec.sources),
         "use_kpr": int("KPR" in spec.sources),
         "any_sector": int(not spec.selection.sectors),

@@ -24,6 +24,20 @@ from etl.spec import Spec
 WITHDRAWALS_SCHEMA = pa.schema([("fnr", pa.string()), ("registered_at", pa.timestamp("us"))])
 
 
+def active_at(as_of: datetime) -> dict[str, datetime]:
+    """The bound parameter of "active at T" (contract section 1) for the SQL in sql/.
+
+    The contract's rule, registered_at <= T < withdrawn_at, is written in the SQL in its
+    half-open form: registered before T + 1 µs and withdrawn, if at all, at or after it. The
+    two are the same at the microsecond resolution of TIMESTAMP, but only the half-open one
+    compares right on SQLite, where a timestamp is text with or without a fraction: bound in
+    its shortest form (etl.source.bind_value), an instant sorts at or before every stored
+    spelling of itself, so ">=" and "<" hold for all of them, whereas "<=" against a whole
+    second would miss a reservation stored as '... 06:00:00.000000'.
+    """
+    return {"active_before": as_of + timedelta(microseconds=1)}
+
+
 class ReservationsStale(RuntimeError):
     """The reservation copy is older than allowed; nothing may be delivered."""
 
@@ -61,7 +75,7 @@ def withdrawals(conn: Connection, spec: Spec, as_of: datetime) -> pa.Table:
     """
     if not (spec.has_list and spec.reservations.registry_opt_out):
         return WITHDRAWALS_SCHEMA.empty_table()
-    params = bind(conn, {"registry": spec.code, "as_of": as_of})
+    params = bind(conn, {"registry": spec.code, **active_at(as_of)})
     rows = conn.execute(text(sql_text("withdrawals")), params).all()
     registered = [_as_datetime(at) for _, at in rows]
     return pa.table(

@@ -166,20 +166,21 @@ def bind_value(dialect: str, value: Any) -> Any:
     """A parameter value as the dialect stores it.
 
     SQLite keeps dates and timestamps as ISO text (contract section 1), with or without
-    fractional seconds, and compares them as text. A timestamp is bound in the shortest
-    form that orders right against both: whole seconds without a fraction (a stored
-    '00:00:00.000' sorts after '00:00:00', as the instant does not), otherwise with
-    microseconds.
+    fractional seconds, and compares them as text. A timestamp is bound in its shortest
+    form: whole seconds without a fraction, otherwise without trailing zeros. That form
+    sorts at or before every stored spelling of the same instant ('... 10:00:00.25' before
+    '... 10:00:00.250000'), and before every later instant, so a column compared with ">="
+    or "<" against it is right for every spelling. The SQL in sql/ compares timestamps only
+    that way (see etl.reservations.active_at for "active at T").
     """
     if dialect != "sqlite":
         return value
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
-        if value.microsecond:
-            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-        # Without a fraction: stored '... 00:00:00' and '... 00:00:00.000' both sort >= it.
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        whole = value.strftime("%Y-%m-%d %H:%M:%S")
+        fraction = f"{value.microsecond:06d}".rstrip("0")
+        return f"{whole}.{fraction}" if fraction else whole
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, bool):

@@ -34,6 +34,7 @@ from etl.codes import CodeSet
 from etl.minimise import DELIVERY_COLUMNS
 from etl.period import Period
 from etl.pseudonym import Pseudonymiser
+from etl.reservations import active_at
 from etl.source import sql_text, stream
 from etl.spec import Spec
 
@@ -91,7 +92,7 @@ class ReservationGuard:
     @classmethod
     def read(cls, conn: Connection, spec: Spec, as_of: datetime) -> ReservationGuard:
         guard = cls(set(), set(), {"NPR": set(), "KPR": set()})
-        params = {"registry": spec.code, "as_of": as_of}
+        params = {"registry": spec.code, **active_at(as_of)}
         for rows in stream(conn, sql_text("reservation_guard"), params):
             for person, registry, scope in rows:
                 if scope == "OPT_OUT" and spec.reservations.registry_opt_out:

@@ -119,7 +119,7 @@ record AS (
     JOIN record_codes rcs ON rcs.source = 'KPR' AND rcs.record_id = k.contact_id
 ),
 -- Active reservations that matter to this register, one row per person (CONTRACT.md
--- section 1): active at :as_of, and either an OPT_OUT for this register (when the spec
+-- section 1): active at T (reservations_as_of), and either an OPT_OUT for this register (when the spec
 -- honours it), KPR's NO_PURPOSE2, or a source's NO_FNR.
 reserved AS (
     SELECT r.fnr,
@@ -128,8 +128,9 @@ reserved AS (
            MAX(CASE WHEN r.registry = 'NPR' AND r.scope = 'NO_FNR' THEN 1 ELSE 0 END) AS npr_no_fnr,
            MAX(CASE WHEN r.registry = 'KPR' AND r.scope = 'NO_FNR' THEN 1 ELSE 0 END) AS kpr_no_fnr
     FROM reservation r
-    WHERE r.registered_at <= :as_of
-      AND (r.withdrawn_at IS NULL OR r.withdrawn_at > :as_of)
+    -- Active at T, half-open: :active_before is T + 1 µs (etl.reservations.active_at).
+    WHERE r.registered_at < :active_before
+      AND (r.withdrawn_at IS NULL OR r.withdrawn_at >= :active_before)
       AND ((r.registry = :registry AND r.scope = 'OPT_OUT' AND :honour_opt_out = 1)
            OR (r.registry = 'KPR' AND r.scope = 'NO_PURPOSE2')
            OR (r.registry IN ('NPR', 'KPR') AND r.scope = 'NO_FNR'))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from etl.source import make_engine, sql_text, statements
+from etl.source import bind_value, make_engine, sql_text, statements
 
 SLOW = {
     "sqlite": (
@@ -61,5 +62,39 @@ def test_sqlite_shims_behave_like_postgresql(db_url):
 
 
 def test_comments_are_dropped_so_their_colons_are_not_parameters():
-    assert ":as_of" in (sql_text("reservation_guard"))
+    guard = sql_text("reservation_guard")
+    assert "--" not in guard
+    # The header comment mentions no parameter the statement lacks, and none is lost.
+    assert set(text(guard).compile().params) == {"active_before", "registry"}
     assert all("--" not in statement for statement in statements("schema"))
+
+
+SPELLINGS = {
+    # instant: every way a source owner may store it as SQLite text (contract section 1)
+    datetime(2024, 3, 5, 6): ["2024-03-05 06:00:00", "2024-03-05 06:00:00.000000"],
+    datetime(2024, 3, 5, 6, 0, 0, 250_000): [
+        "2024-03-05 06:00:00.25",
+        "2024-03-05 06:00:00.250000",
+    ],
+    datetime(2024, 3, 5, 6, 0, 0, 1): ["2024-03-05 06:00:00.000001"],
+    datetime(2024, 3, 5, 5, 59, 59, 999_999): ["2024-03-05 05:59:59.999999"],
+}
+
+
+@pytest.mark.parametrize("bound", list(SPELLINGS))
+def test_a_bound_timestamp_compares_right_with_every_stored_spelling_on_sqlite(bound):
+    """etl.source.bind_value's shortest form: ">=" and "<" (the only timestamp comparisons
+    in sql/) agree with the instants for every spelling, including the equal ones."""
+    engine = make_engine("sqlite://")
+    with engine.connect() as conn:
+        for stored, spellings in SPELLINGS.items():
+            for spelling in spellings:
+                at_or_after, before = conn.execute(
+                    text("SELECT :stored >= :bound, :stored < :bound"),
+                    {"stored": spelling, "bound": bind_value("sqlite", bound)},
+                ).one()
+                assert (bool(at_or_after), bool(before)) == (stored >= bound, stored < bound), (
+                    spelling,
+                    bound,
+                )
+    engine.dispose()
