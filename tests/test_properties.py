@@ -22,10 +22,18 @@ oracle of CONTRACT.md, written here and never calling the etl code it checks:
 6. a state machine over reservations, withdrawals, new register lists, reruns and next
    nights keeps every published drop clean and versions it as section 4 says.
 
-The oracle's one concession: a received_at exactly at midnight is stored with fractional
-seconds (the form tests.source_builder writes). Stored without them, it lands in the wrong
-period on SQLite; that bug is pinned on its own by
-test_received_at_without_fraction_on_a_period_bound_belongs_to_the_period_it_starts.
+Random worlds hit the edges of the reservation rules too rarely to rely on, so
+test_each_rule_of_the_reservation_table_at_its_edges spells them out, one person per rule
+and edge, with the outcomes written by hand.
+
+Every example pays for real deliveries (most of it the Great Expectations suite), so the
+counts are modest and the hypothesis tests are marked slow: about 80 s in one process,
+45 s with -n 2; the deterministic tests (about 15 s) also run in make test-fast.
+
+Every timestamp comes in both SQLite forms (with and without a fraction), also at the
+edges: a reservation at a whole-second run instant (test_reservation_edges_at_a_whole_
+second_run_instant) and received_at exactly at a period bound (test_received_at_without_
+fraction_on_a_period_bound_belongs_to_the_period_it_starts).
 """
 
 from __future__ import annotations
@@ -304,12 +312,14 @@ class World:
 
 
 def _stored(instant: datetime | None, short: bool, dialect: str) -> datetime | str | None:
-    """A timestamp as a source owner might store it: on SQLite optionally the short ISO form
-    ('2024-03-05 10:00:00' or '... 10:00:00.25'); otherwise bound, i.e. with microseconds."""
-    if instant is None or dialect != "sqlite" or not short:
+    """A timestamp as a source owner might store it. On SQLite, ISO text (section 1) in the
+    long form with six fraction digits ('2024-03-05 10:00:00.000000', as a writer with
+    microseconds stores it) or the short one without trailing zeros ('2024-03-05 10:00:00',
+    '... 10:00:00.25'); written as text here, not through etl.source.bind."""
+    if instant is None or dialect != "sqlite":
         return instant
     whole = instant.strftime("%Y-%m-%d %H:%M:%S")
-    fraction = f"{instant.microsecond:06d}".rstrip("0")
+    fraction = f"{instant.microsecond:06d}".rstrip("0") if short else f"{instant.microsecond:06d}"
     return f"{whole}.{fraction}" if fraction else whole
 
 
@@ -558,19 +568,28 @@ def active(reservation: Reservation, at: datetime) -> bool:
     )
 
 
+def honours_opt_out(spec: dict) -> bool:
+    """Section 2: reservations.registry_opt_out, true unless the spec says otherwise."""
+    return spec.get("reservations", {}).get("registry_opt_out", True)
+
+
+def pseudonymises(spec: dict) -> bool:
+    """Section 2: reservations.no_fnr, exclude unless the spec says pseudonymise."""
+    return spec.get("reservations", {}).get("no_fnr", "exclude") == "pseudonymise"
+
+
 def reservation_effect(world: World, spec: dict, source: str, fnr: str, at: datetime) -> str | None:
     """Section 1's table for one row of ``source``: opt_out / no_purpose2 / no_fnr (the row
     is left out), 'pseudonym' (kept without fnr) or None (no effect)."""
     rows = [r for r in world.reservations if r.fnr == fnr and active(r, at)]
-    rules = spec.get("reservations", {})
-    if rules.get("registry_opt_out", True) and any(
+    if honours_opt_out(spec) and any(
         r.registry == spec["code"] and r.scope == "OPT_OUT" for r in rows
     ):
         return "opt_out"
     if source == "KPR" and any(r.registry == "KPR" and r.scope == "NO_PURPOSE2" for r in rows):
         return "no_purpose2"
     if any(r.registry == source and r.scope == "NO_FNR" for r in rows):
-        return "pseudonym" if rules.get("no_fnr", "exclude") == "pseudonymise" else "no_fnr"
+        return "pseudonym" if pseudonymises(spec) else "no_fnr"
     return None
 
 
@@ -686,8 +705,7 @@ def records(
     source = draw(st.sampled_from(("NPR", "KPR")))
     person = draw(st.integers(0, len(births) - 1))
     received = draw(received_instants(start, end))
-    # Exactly midnight stays in the long form: the short one is a known bug (module docstring).
-    short = draw(st.booleans()) and received.time() != MIDNIGHT
+    short = draw(st.booleans())
     year = births[person].year
     if source == "NPR":
         icd10 = st.tuples(codes_of(ICD10_CODES, hints, "icd10"), st.just("ICD-10"), st.booleans())
@@ -786,11 +804,10 @@ def worlds(draw: st.DrawFn, spec: dict | None = None, max_records: int = 16) -> 
     """A world around a random period; codes lean on ``spec``'s patterns when given."""
     start = date(2024, 3, 1) + timedelta(days=draw(st.integers(0, 20)))
     end = start + timedelta(days=draw(st.integers(1, 5)))
-    # The run: at the period's end, the morning after (with a fraction), or weeks later.
-    after_end = (timedelta(0), timedelta(hours=6), timedelta(hours=6, microseconds=250_000))
-    as_of = datetime.combine(end, MIDNIGHT) + draw(
-        st.sampled_from((*after_end, timedelta(days=40)))
-    )
+    # The run: at the period's end, the morning after, or weeks later; with a fraction or not.
+    after_end = (timedelta(0), timedelta(hours=6), timedelta(days=40))
+    fraction = draw(st.sampled_from((timedelta(microseconds=250_000), timedelta(0))))
+    as_of = datetime.combine(end, MIDNIGHT) + draw(st.sampled_from(after_end)) + fraction
     kinds = st.sampled_from(("valid",) * 8 + ("bad_check", "ten_digits"))
     persons = draw(
         st.lists(st.builds(PersonPlan, st.sampled_from(BIRTHS), kinds), min_size=2, max_size=4)
@@ -1074,7 +1091,7 @@ def assert_withdrawals(found: list[dict[str, Any]], world: World, spec: dict, at
     """Withdrawals name exactly the listed persons with an active OPT_OUT, each with the
     registration of one of those OPT_OUT rows. Not checked where the spec says
     registry_opt_out: false: the contract does not say (the product then sends none)."""
-    if not spec["reservations"]["registry_opt_out"]:
+    if not honours_opt_out(spec):
         return
     expected = expected_withdrawals(world, spec, at)
     assert sorted(row["fnr"] for row in found) == sorted(expected)
@@ -1087,7 +1104,7 @@ def contract_columns(spec: dict) -> list[str]:
     then the spec's variables in its order (one listed already is not repeated), then
     status (complement) or event and case_id (new_information)."""
     lead = ["source", "record_id", "fnr"]
-    if spec["reservations"]["no_fnr"] == "pseudonymise":
+    if pseudonymises(spec):
         lead.append("pseudonym")
     variables = [v for v in spec["variables"] if v not in lead]
     return lead + variables + TYPE_COLUMNS[spec["delivery"]]
@@ -1137,7 +1154,8 @@ def check_reservation_invariant(
 
 
 @pytest.mark.parametrize("delivery", DELIVERIES)
-@settings(max_examples=12, **DELIVERING)
+@pytest.mark.slow
+@settings(max_examples=8, **DELIVERING)
 @given(data=st.data())
 def test_no_delivered_row_belongs_to_a_person_an_active_reservation_excludes(delivery, data):
     """CONTRACT.md section 1 (the reservation table, 'active at T', T = reservations_as_of)
@@ -1152,7 +1170,8 @@ def test_no_delivered_row_belongs_to_a_person_an_active_reservation_excludes(del
 
 
 @pytest.mark.postgres
-@settings(max_examples=6, **DELIVERING)
+@pytest.mark.slow
+@settings(max_examples=5, **DELIVERING)
 @given(case=cases())
 def test_no_delivered_row_belongs_to_an_excluded_person_on_postgresql(case):
     """Property 1 on PostgreSQL (section 1: the same code and SQL on both dialects)."""
@@ -1166,13 +1185,16 @@ def test_no_delivered_row_belongs_to_an_excluded_person_on_postgresql(case):
 # the spec pseudonymises, delivered without fnr. Every person has one NPR episode and one KPR
 # contact that qualify; the register lists the persons marked listed.
 EDGE_RUN = datetime(2024, 3, 5, 6, 0, 0, 250_000)  # T, with a fraction
-LONG_AGO = EDGE_RUN - timedelta(days=400)
+WHOLE_SECOND_RUN = datetime(2024, 3, 5, 6, 0, 0)  # T as --reservations-as-of 2024-03-05T06:00:00
+AT_T = timedelta(0)
+LONG_AGO = -timedelta(days=400)
+Held = tuple[str, str, timedelta, timedelta | None, bool]
 
 
 @dataclass(frozen=True)
 class Edge:
     label: str
-    reservations: tuple[tuple[str, str, datetime, datetime | None, bool], ...]
+    reservations: tuple[Held, ...]  # instants relative to T
     listed: bool  # on the register's list
     npr: str  # what becomes of the person's NPR episode: fnr | out | no_fnr
     kpr: str  # ... and of the KPR contact
@@ -1181,11 +1203,12 @@ class Edge:
 def held(
     registry: str,
     scope: str,
-    registered: datetime,
-    withdrawn: datetime | None = None,
+    registered: timedelta,
+    withdrawn: timedelta | None = None,
     short: bool = False,
-) -> tuple[str, str, datetime, datetime | None, bool]:
-    """A reservation row; ``short``: stored in SQLite's short timestamp form."""
+) -> Held:
+    """A reservation row, its instants relative to T; ``short``: stored in SQLite's short
+    timestamp form (else with six fraction digits)."""
     return registry, scope, registered, withdrawn, short
 
 
@@ -1193,43 +1216,43 @@ EDGES = (
     Edge("no reservation", (), True, "fnr", "fnr"),
     Edge(
         "OPT_OUT registered at T (short form)",
-        (held(CODE, "OPT_OUT", EDGE_RUN, short=True),),
+        (held(CODE, "OPT_OUT", AT_T, short=True),),
         True,
         "out",
         "out",
     ),
-    Edge("OPT_OUT registered at T", (held(CODE, "OPT_OUT", EDGE_RUN),), True, "out", "out"),
+    Edge("OPT_OUT registered at T", (held(CODE, "OPT_OUT", AT_T),), True, "out", "out"),
     Edge(
         "OPT_OUT registered 1 us after T",
-        (held(CODE, "OPT_OUT", EDGE_RUN + US),),
+        (held(CODE, "OPT_OUT", US),),
         True,
         "fnr",
         "fnr",
     ),
     Edge(
         "OPT_OUT withdrawn at T (short form)",
-        (held(CODE, "OPT_OUT", LONG_AGO, EDGE_RUN, short=True),),
+        (held(CODE, "OPT_OUT", LONG_AGO, AT_T, short=True),),
         True,
         "fnr",
         "fnr",
     ),
     Edge(
         "OPT_OUT withdrawn at T",
-        (held(CODE, "OPT_OUT", LONG_AGO, EDGE_RUN),),
+        (held(CODE, "OPT_OUT", LONG_AGO, AT_T),),
         True,
         "fnr",
         "fnr",
     ),
     Edge(
         "OPT_OUT withdrawn 1 us after T",
-        (held(CODE, "OPT_OUT", LONG_AGO, EDGE_RUN + US),),
+        (held(CODE, "OPT_OUT", LONG_AGO, US),),
         True,
         "out",
         "out",
     ),
     Edge(
         "OPT_OUT after the period, before T",
-        (held(CODE, "OPT_OUT", EDGE_RUN - timedelta(hours=6), short=True),),
+        (held(CODE, "OPT_OUT", -timedelta(hours=6), short=True),),
         False,
         "out",
         "out",
@@ -1238,7 +1261,7 @@ EDGES = (
         "a withdrawn and an active OPT_OUT",
         (
             held(CODE, "OPT_OUT", LONG_AGO, LONG_AGO + timedelta(days=1)),
-            held(CODE, "OPT_OUT", EDGE_RUN - timedelta(seconds=1), short=True),
+            held(CODE, "OPT_OUT", -timedelta(seconds=1), short=True),
         ),
         True,
         "out",
@@ -1246,7 +1269,7 @@ EDGES = (
     ),
     Edge(
         "KPR NO_PURPOSE2 1 us before T",
-        (held("KPR", "NO_PURPOSE2", EDGE_RUN - US),),
+        (held("KPR", "NO_PURPOSE2", -US),),
         True,
         "fnr",
         "out",
@@ -1292,17 +1315,17 @@ NOT_HONOURED = {
 }
 # Listed persons with an active OPT_OUT, and the registration their withdrawal carries.
 EDGE_WITHDRAWALS = {
-    "OPT_OUT registered at T (short form)": EDGE_RUN,
-    "OPT_OUT registered at T": EDGE_RUN,
+    "OPT_OUT registered at T (short form)": AT_T,
+    "OPT_OUT registered at T": AT_T,
     "OPT_OUT withdrawn 1 us after T": LONG_AGO,
-    "a withdrawn and an active OPT_OUT": EDGE_RUN - timedelta(seconds=1),
+    "a withdrawn and an active OPT_OUT": -timedelta(seconds=1),
 }
 
 
-def edge_plan() -> WorldPlan:
-    """EDGES as a world: the period is the day before T; one more person has an invalid
-    number (their two records are left out whatever the reservations)."""
-    start, end = EDGE_RUN.date() - timedelta(days=1), EDGE_RUN.date()
+def edge_plan(run: datetime) -> WorldPlan:
+    """EDGES as a world run at T = ``run``: the period is the day before; one more person has
+    an invalid number (their two records are left out whatever the reservations)."""
+    start, end = run.date() - timedelta(days=1), run.date()
     persons = [PersonPlan(date(1980, 5, 17), "valid") for _ in EDGES]
     persons.append(PersonPlan(date(1980, 5, 17), "bad_check"))
     received = {
@@ -1316,13 +1339,13 @@ def edge_plan() -> WorldPlan:
         for source in ("NPR", "KPR")
     ]
     reservations_ = [
-        ReservationPlan(i, *reservation)
+        ReservationPlan(i, registry, scope, run + at, None if off is None else run + off, short)
         for i, edge in enumerate(EDGES)
-        for reservation in edge.reservations
+        for registry, scope, at, off, short in edge.reservations
     ]
     listed = [ListPlan(i, CODE, None) for i, edge in enumerate(EDGES) if edge.listed]
     return WorldPlan(
-        start, end, EDGE_RUN, tuple(persons), tuple(records), tuple(reservations_), tuple(listed)
+        start, end, run, tuple(persons), tuple(records), tuple(reservations_), tuple(listed)
     )
 
 
@@ -1358,7 +1381,20 @@ def test_each_rule_of_the_reservation_table_at_its_edges(delivery, no_fnr, honou
     exactly the listed persons with an active OPT_OUT. Each equality at T in both SQLite
     timestamp forms. These are the cases property 1's random worlds hit least often; the
     oracle must agree with them as well."""
-    spec, plan = edge_spec(delivery, no_fnr, honour), edge_plan()
+    check_edges(delivery, no_fnr, honour, EDGE_RUN)
+
+
+@pytest.mark.parametrize("delivery", ["population", "complement"])
+def test_reservation_edges_at_a_whole_second_run_instant(delivery):
+    """The same table at T = a whole second, as `--reservations-as-of 2024-03-05T06:00:00`
+    gives: section 1 says both timestamp forms must compare correctly, and 'registered_at
+    <= T' holds for '2024-03-05 06:00:00.000000' as much as for '2024-03-05 06:00:00'."""
+    check_edges(delivery, "exclude", True, WHOLE_SECOND_RUN)
+
+
+def check_edges(delivery: str, no_fnr: str, honour: bool, run: datetime) -> None:
+    """Deliver the EDGES world at T = ``run`` and compare with the table, row by row."""
+    spec, plan = edge_spec(delivery, no_fnr, honour), edge_plan(run)
     with sqlite_world(plan) as (source, world, folder):
         result, rows = check_reservation_invariant(source, world, folder, plan, spec)
         withdrawn = read_withdrawals(result.path, plan.start, plan.end)
@@ -1379,7 +1415,7 @@ def test_each_rule_of_the_reservation_table_at_its_edges(delivery, no_fnr, honou
     assert got == expected
     assert result.excluded["invalid_fnr"] == 2
     if delivery != "population" and honour:
-        assert {label[w["fnr"]]: w["registered_at"] for w in withdrawn} == EDGE_WITHDRAWALS
+        assert {label[w["fnr"]]: w["registered_at"] - run for w in withdrawn} == EDGE_WITHDRAWALS
     if delivery != "new_information":
         oracle = expected_records(world, spec, plan.start, plan.end, plan.as_of)
         assert {(label[world.records[key].fnr], key[0]) for key in oracle} == set(expected)
@@ -1388,7 +1424,8 @@ def test_each_rule_of_the_reservation_table_at_its_edges(delivery, no_fnr, honou
 # --- property 2: the columns are the contract's, in its order -------------------------------
 
 
-@settings(max_examples=12, **DELIVERING)
+@pytest.mark.slow
+@settings(max_examples=8, **DELIVERING)
 @given(case=cases(any_variables=True, max_records=8))
 def test_columns_are_the_allowed_set_in_the_contracts_order(case):
     """CONTRACT.md section 4: for any variable list of the catalogue, in any order, the
@@ -1400,7 +1437,7 @@ def test_columns_are_the_allowed_set_in_the_contracts_order(case):
     spec, plan = case
     variables = spec["variables"]
     allowed = {"source", "record_id", "fnr", *variables, *TYPE_COLUMNS[spec["delivery"]]}
-    if spec["reservations"]["no_fnr"] == "pseudonymise":
+    if pseudonymises(spec):
         allowed.add("pseudonym")
     with sqlite_world(plan) as (source, world, folder):
         result = run_spec(source, folder, spec, plan)
@@ -1425,15 +1462,19 @@ def test_columns_are_the_allowed_set_in_the_contracts_order(case):
 # --- property 3: a rerun is byte-for-byte identical -----------------------------------------
 
 
-@settings(max_examples=8, **DELIVERING)
+@pytest.mark.slow
+@settings(max_examples=5, **DELIVERING)
 @given(case=cases())
 def test_rerun_with_the_same_inputs_is_byte_for_byte_identical(case):
     """CONTRACT.md section 4: a rerun of the same period whose data is unchanged writes
     nothing new. The rerun reports "unchanged", no folder appears, the published files
     still have the manifest's sha256; and the same world inserted in the opposite order into
-    a fresh database and drop folder yields Parquet files with the very same sha256."""
+    a fresh database and drop folder yields Parquet files with the very same sha256. Then
+    an OPT_OUT arrives for a delivered person: the next rerun is <from>_<to>.v2/, its
+    manifest supersedes the first folder, and the person is gone (unless the spec says
+    registry_opt_out: false: then it is unchanged again)."""
     spec, plan = case
-    with sqlite_world(plan) as (source, _, folder):
+    with sqlite_world(plan) as (source, world, folder):
         first = run_spec(source, folder, spec, plan)
         assert_drop_shape(first.path, spec, plan.start, plan.end)
         observe(f"rows: {min(first.row_count, 3)}")
@@ -1445,6 +1486,23 @@ def test_rerun_with_the_same_inputs_is_byte_for_byte_identical(case):
         assert sorted(p.name for p in drops.iterdir()) == before
         published = {f["name"]: f["sha256"] for f in manifest(first.path)["files"]}
         assert published == {p.name: sha256(p) for p in first.path.glob("*.parquet")}
+        rows = read_rows(first.path, spec["delivery"], plan.start, plan.end)
+        if rows:
+            person = world.records[as_key(rows[0])].fnr
+            late = Reservation(
+                len(world.reservations) + 1, person, CODE, "OPT_OUT", plan.as_of - US, None
+            )
+            insert_reservations(source, [(late, False)], "sqlite")
+            third = run_spec(source, folder, spec, plan)
+            if honours_opt_out(spec):
+                assert third.status == "published"
+                assert third.path.name == f"{first.path.name}.v2"
+                assert manifest(third.path)["version"] == 2
+                assert manifest(third.path)["supersedes"] == first.path.name
+                rows = read_rows(third.path, spec["delivery"], plan.start, plan.end)
+                assert all(world.records[as_key(row)].fnr != person for row in rows)
+            else:
+                assert (third.status, third.path) == ("unchanged", first.path)
     with sqlite_world(plan, reverse=True) as (source, _, folder):
         other = run_spec(source, folder, spec, plan)
         assert other.status == "published"
@@ -1481,7 +1539,8 @@ def widened_cases(draw: st.DrawFn) -> tuple[dict, dict, dict, WorldPlan]:
     return spec, added, wider, draw(worlds(wider), label="world")
 
 
-@settings(max_examples=10, **DELIVERING)
+@pytest.mark.slow
+@settings(max_examples=8, **DELIVERING)
 @given(case=widened_cases())
 def test_adding_codes_to_a_selection_never_removes_rows(case):
     """CONTRACT.md section 2 ('a record qualifies when any listed code matches'): delivering
@@ -1512,7 +1571,8 @@ def test_adding_codes_to_a_selection_never_removes_rows(case):
 # --- property 5: the delivered records are exactly the oracle's -----------------------------
 
 
-@settings(max_examples=30, **DELIVERING)
+@pytest.mark.slow
+@settings(max_examples=20, **DELIVERING)
 @given(case=cases(("population", "complement"), max_records=20))
 def test_population_and_complement_deliver_exactly_the_oracles_records(case):
     """CONTRACT.md sections 1, 2 and 4 together: codes normalised, prefix / range / '!'
@@ -1520,7 +1580,8 @@ def test_population_and_complement_deliver_exactly_the_oracles_records(case):
     NPR only, the spec's sources, received in [from, to), invalid numbers out, reservations
     applied. The delivered (source, record_id) set, each row's fnr (or pseudonym) and
     complement status are the oracle's; every qualifying record is delivered or counted
-    once in the manifest's exclusions."""
+    under one reason of the delivery's exclusions (opt_out, no_purpose2, no_fnr,
+    invalid_fnr: section 4, 'left out and counted')."""
     spec, plan = case
     with sqlite_world(plan) as (source, world, folder):
         result = run_spec(source, folder, spec, plan)
@@ -1543,15 +1604,192 @@ def test_population_and_complement_deliver_exactly_the_oracles_records(case):
     assert result.row_count + sum(result.excluded.values()) == qualifying
 
 
+# Each selection rule at its edges (sections 1, 2 and 4), one record each, with whether it
+# qualifies written out by hand: under diagnosis_position any, and under main. Person A is on
+# the register's list, person B only on another register's; records alternate A, B.
+SELECTION_SPEC = {
+    "icd10": ["F20-F29", "!F25", "g23"],
+    "icpc2": ["P72"],
+    "ncsp": ["PA-PH", "!PAC1"],
+    "ncrp": ["PDZ12B"],
+    "min_age": 18,
+    "sectors": ["PHV", "SOM"],
+}
+SELECTION_DAY = date(2024, 3, 4)  # the period is this one day
+
+
+@dataclass(frozen=True)
+class Pick:
+    label: str
+    any: bool  # qualifies under diagnosis_position: any
+    main: bool  # ... under main
+    source: str = "NPR"
+    diagnoses: tuple[tuple[str, str, bool], ...] = (("F20", "ICD-10", True),)
+    procedures: tuple[tuple[str, str, date | None], ...] = ()
+    birth_year: int | None = 1980
+    sector: str | None = "PHV"
+    received: timedelta = timedelta(hours=12)  # after the start of the period
+    short: bool = False
+
+
+def icd(code: str, main: bool = True) -> tuple[str, str, bool]:
+    return code, "ICD-10", main
+
+
+def icpc(code: str, main: bool = True) -> tuple[str, str, bool]:
+    return code, "ICPC-2", main
+
+
+PICKS = (
+    Pick("F20", True, True),
+    Pick("f20.0 , dirty", True, True, diagnoses=(icd("f20.0 "),)),
+    Pick("F29, the upper bound", True, True, diagnoses=(icd("F29"),)),
+    Pick("F299, longer than the upper bound", True, True, diagnoses=(icd("F299"),)),
+    Pick("F30", False, False, diagnoses=(icd("F30"),)),
+    Pick("F2, shorter than the bounds", False, False, diagnoses=(icd("F2"),)),
+    Pick("F25, removed", False, False, diagnoses=(icd("F25"),)),
+    Pick("f25.1, removed", False, False, diagnoses=(icd("f25.1"),)),
+    Pick("g23.1, by a dirty pattern", True, True, diagnoses=(icd("g23.1"),)),
+    Pick("F20 secondary", True, False, diagnoses=(icd("Z000"), icd("F20", main=False))),
+    Pick("F20 second but main", True, True, diagnoses=(icd("Z000", main=False), icd("F20"))),
+    Pick("18 in the record's year", True, True, birth_year=2006),
+    Pick("17 in the record's year", False, False, birth_year=2007),
+    Pick("birth year unknown", False, False, birth_year=None),
+    Pick("sector SOM", True, True, sector="SOM"),
+    Pick("sector PHB", False, False, sector="PHB"),
+    Pick("sector unknown", False, False, sector=None),
+    Pick(
+        "NCSP pbc10 in PA-PH",
+        True,
+        True,
+        diagnoses=(icd("Z000"),),
+        procedures=(("pbc10", "NCSP", None),),
+    ),
+    Pick(
+        "NCSP PAC10, removed",
+        False,
+        False,
+        diagnoses=(icd("Z000"),),
+        procedures=(("PAC10", "NCSP", None),),
+    ),
+    Pick(
+        "NCRP pdz12b", True, True, diagnoses=(icd("Z000"),), procedures=(("pdz12b", "NCRP", None),)
+    ),
+    Pick(
+        "PDZ12B as NCMP",
+        False,
+        False,
+        diagnoses=(icd("Z000"),),
+        procedures=(("PDZ12B", "NCMP", None),),
+    ),
+    Pick("received at the start", True, True, received=timedelta(0)),
+    Pick("received at the start, short form", True, True, received=timedelta(0), short=True),
+    Pick("received 1 us before the start", False, False, received=-US),
+    Pick("received 1 us before the end", True, True, received=timedelta(days=1) - US),
+    Pick("received at the end", False, False, received=timedelta(days=1)),
+    Pick("received at the end, short form", False, False, received=timedelta(days=1), short=True),
+    Pick("KPR P72", True, True, source="KPR", diagnoses=(icpc("P72"),), sector=None),
+    Pick("KPR p 72, dirty", True, True, source="KPR", diagnoses=(icpc("p 72"),), sector=None),
+    Pick("KPR P73", False, False, source="KPR", diagnoses=(icpc("P73"),), sector=None),
+    Pick("KPR F20 coded ICPC-2", False, False, source="KPR", diagnoses=(icpc("F20"),), sector=None),
+    Pick(
+        "KPR f20.1 coded ICD-10", True, True, source="KPR", diagnoses=(icd("f20.1"),), sector=None
+    ),
+    Pick(
+        "KPR P72 secondary",
+        True,
+        False,
+        source="KPR",
+        diagnoses=(icpc("R74"), icpc("P72", main=False)),
+        sector=None,
+    ),
+    Pick(
+        "KPR, 17",
+        False,
+        False,
+        source="KPR",
+        diagnoses=(icpc("P72"),),
+        birth_year=2007,
+        sector=None,
+    ),
+)
+
+
+def selection_plan() -> WorldPlan:
+    start = datetime.combine(SELECTION_DAY, MIDNIGHT)
+    records = tuple(
+        RecordPlan(
+            pick.source,
+            i % 2,
+            start + pick.received,
+            pick.short,
+            date(2024, 2, 27),
+            pick.birth_year,
+            pick.sector,
+            1,
+            pick.diagnoses,
+            pick.procedures,
+        )
+        for i, pick in enumerate(PICKS)
+    )
+    return WorldPlan(
+        start=SELECTION_DAY,
+        end=SELECTION_DAY + timedelta(days=1),
+        as_of=datetime(2024, 3, 5, 6, 0, 0, 250_000),
+        persons=(PersonPlan(date(1980, 5, 17), "valid"), PersonPlan(date(1980, 5, 17), "valid")),
+        records=records,
+        reservations=(),
+        listed=(ListPlan(0, CODE, None), ListPlan(1, OTHER_REGISTER, None)),
+    )
+
+
+@pytest.mark.parametrize("position", ["any", "main"])
+@pytest.mark.parametrize("delivery", ["population", "complement"])
+def test_each_selection_rule_at_its_edges(delivery, position):
+    """CONTRACT.md sections 1, 2 and 4, one record per rule and edge: codes normalised
+    (lower case, dots, spaces; in patterns too), a prefix, a range inclusive of codes longer
+    than its bounds and exclusive of shorter ones, '!' removing matches, each code system
+    matched against its own patterns (ICD-10 for NPR diagnoses and KPR ICD-10, ICPC-2,
+    NCSP, NCRP; NCMP never), only main diagnoses under diagnosis_position main (procedures
+    always), min_age by the record's year, sectors on NPR only, received in [from, to) in
+    both timestamp forms; complement status from this register's list only. The oracle of
+    property 5 must agree with the table too."""
+    spec = {
+        "code": CODE,
+        "name": "Property test register",
+        "delivery": delivery,
+        "legal_basis": "NPR-forskriften § 4-2",
+        "sources": ["NPR", "KPR"],
+        "selection": SELECTION_SPEC | {"diagnosis_position": position},
+        "variables": ["fnr", "diagnoses", "procedures"],
+    }
+    plan = selection_plan()
+    with sqlite_world(plan) as (source, world, folder):
+        result = run_spec(source, folder, spec, plan)
+        assert_drop_shape(result.path, spec, plan.start, plan.end)
+        rows = read_rows(result.path, delivery, plan.start, plan.end)
+    keys = list(world.records)  # in PICKS order
+    label = {key: pick.label for key, pick in zip(keys, PICKS, strict=True)}
+    expected = {pick.label for pick in PICKS if getattr(pick, position)}
+    assert sorted(label[as_key(row)] for row in rows) == sorted(expected)
+    oracle = expected_records(world, spec, plan.start, plan.end, plan.as_of)
+    assert {label[key] for key in oracle} == expected
+    if delivery == "complement":
+        for row in rows:
+            on_list = world.records[as_key(row)].plan.person == 0
+            assert row["status"] == ("registered" if on_list else "missing"), label[as_key(row)]
+
+
 # --- timestamps without fractional seconds on a period bound (SQLite) ---------------------
 
 
-@pytest.mark.parametrize("suffix", ["", ".0", ".000"])
+@pytest.mark.parametrize("suffix", ["", ".0", ".000", ".000000"])
 def test_received_at_without_fraction_on_a_period_bound_belongs_to_the_period_it_starts(
     tmp_path, suffix
 ):
     """CONTRACT.md section 1 ('both timestamp forms must compare correctly') and section 3
-    ('[from, to)'): a record received at 2024-04-01 00:00:00 belongs to April, not March."""
+    ('[from, to)'): a record received at 2024-04-01 00:00:00 belongs to April, not March,
+    however many zeros its fraction has. (Found by these properties; fixed in 46beadf.)"""
     source = Source(f"sqlite:///{tmp_path / 'source.db'}")
     source.synced(utc_now())
     person = source.person()
@@ -1593,6 +1831,9 @@ def test_received_at_without_fraction_on_a_period_bound_belongs_to_the_period_it
 FIRST_NIGHT = date(2024, 3, 4)
 NIGHTS = 10  # nights with records; later nights are empty
 STEP = timedelta(hours=1)
+# The nightly run at 02:00 sharp: reservations made at its instant are stored in both forms,
+# and on SQLite '... 02:00:00.000000' against a whole second is the harder of the two.
+RUN_TIME = time(2, 0)
 MACHINE_BIRTHS = (date(1956, 3, 2), date(1980, 5, 17), date(1999, 2, 28), date(2004, 11, 30))
 MACHINE_PERSONS = len(MACHINE_BIRTHS) + 1  # the last one has an invalid number
 MACHINE_SPEC_SELECTION = {"icd10": ["F20-F29", "!F25"], "icpc2": ["P72"]}
@@ -1632,7 +1873,7 @@ def machine_records(draw: st.DrawFn) -> RecordPlan:
         source=source,
         person=person,
         received=at,
-        short_form=draw(st.booleans()) and at.time() != MIDNIGHT,
+        short_form=draw(st.booleans()),
         day=date(2024, 3, 1),
         birth_year=MACHINE_BIRTHS[person % len(MACHINE_BIRTHS)].year,
         sector="PHV" if source == "NPR" else None,
@@ -1666,7 +1907,7 @@ class ReservationLifecycle(RuleBasedStateMachine):
         self.numbers: list[str] = []
         self.spec: dict[str, Any] = {}
         self.settings: Any = None
-        self.clock = datetime.combine(FIRST_NIGHT + timedelta(days=1), time(2))
+        self.clock = datetime.combine(FIRST_NIGHT + timedelta(days=1), RUN_TIME)
         self.night = (FIRST_NIGHT, FIRST_NIGHT + timedelta(days=1))
         self.delivered: dict[str, tuple[date, date]] = {}
         self.lists = 0
@@ -1763,7 +2004,7 @@ class ReservationLifecycle(RuleBasedStateMachine):
     def next_night(self) -> None:
         start = self.night[1]
         self.night = (start, start + timedelta(days=1))
-        self.clock = max(self.clock + STEP, datetime.combine(self.night[1], time(2)))
+        self.clock = max(self.clock + STEP, datetime.combine(self.night[1], RUN_TIME))
         self._run(*self.night)
 
     # Defined last: hypothesis tries the last rule first (its simplest example), and this one
@@ -1852,4 +2093,4 @@ class ReservationLifecycle(RuleBasedStateMachine):
 ReservationLifecycle.TestCase.settings = settings(
     max_examples=8, stateful_step_count=12, **DELIVERING
 )
-TestReservationLifecycle = ReservationLifecycle.TestCase
+TestReservationLifecycle = pytest.mark.slow(ReservationLifecycle.TestCase)
