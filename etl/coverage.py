@@ -17,7 +17,9 @@ them. A register listed person whose NPR rows were pseudonymised is matched by p
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from itertools import product
 from typing import Any
 
 import pyarrow as pa
@@ -25,7 +27,7 @@ import pyarrow.compute as pc
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from etl.drop import suppress_small
+from etl.drop import SMALL_CELL, suppress_small
 from etl.period import Period
 from etl.pseudonym import Pseudonymiser
 from etl.source import bind, sql_text
@@ -54,15 +56,49 @@ class Coverage:
         """Exact counts and ratio, for the disclosure log (internal)."""
         return asdict(self) | {"coverage": self.ratio}
 
+    @property
+    def published_range(self) -> tuple[float, float] | None:
+        """The coverage as far as the published cells tell it: the lowest and highest ratio
+        over every count a "<5" cell may stand for, widened outwards to 3 decimals.
+
+        An exact ratio beside exact neighbouring cells would give a suppressed cell away
+        ((r + 240) / (r + 251) = 0.957 says r = 3), so where a cell is suppressed only the
+        range is published. Without suppressed cells both ends are the rounded ratio.
+        """
+        if not self.persons:
+            return None
+        cells = (self.only_register, self.only_npr, self.both)
+        if not any(suppress_small(n) != n for n in cells):
+            exact = round((self.only_register + self.both) / self.persons, 3)
+            return exact, exact
+        choices = [range(1, SMALL_CELL) if suppress_small(n) != n else (n,) for n in cells]
+        ratios = [(r + b) / (r + n + b) for r, n, b in product(*choices)]
+        return math.floor(min(ratios) * 1000) / 1000, math.ceil(max(ratios) * 1000) / 1000
+
+    @property
+    def published_low(self) -> bool | None:
+        """Low as the published range shows it; None where the range straddles the threshold
+        (saying which side would tell more than the suppressed cells do)."""
+        shown = self.published_range
+        if shown is None:
+            return False
+        lowest, highest = shown
+        if highest < LOW_COVERAGE:
+            return True
+        return False if lowest >= LOW_COVERAGE else None
+
     def published(self) -> dict[str, Any]:
-        """As published in a manifest or report: cells under 5 shown as "<5"."""
-        ratio = self.ratio
+        """As published in a manifest or report: cells under 5 shown as "<5", and the ratio
+        exact only where no cell is (else null, with the range it lies in)."""
+        shown = self.published_range
+        lowest, highest = shown if shown is not None else (None, None)
         return {
             "only_register": suppress_small(self.only_register),
             "only_npr": suppress_small(self.only_npr),
             "both": suppress_small(self.both),
-            "coverage": None if ratio is None else round(ratio, 3),
-            "low": ratio is not None and ratio < LOW_COVERAGE,
+            "coverage": lowest if lowest == highest else None,
+            "coverage_range": None if shown is None else [lowest, highest],
+            "low": self.published_low,
         }
 
 

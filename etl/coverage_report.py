@@ -61,12 +61,26 @@ class ReportRow:
     coverage: Coverage | None  # None when the period has no delivered attempt with coverage
 
     @property
-    def ratio(self) -> float | None:
-        return None if self.coverage is None else self.coverage.ratio
+    def shown(self) -> tuple[float, float] | None:
+        """The published coverage: a range where a count is under 5 (etl.coverage)."""
+        return None if self.coverage is None else self.coverage.published_range
 
     @property
     def low(self) -> bool:
-        return self.ratio is not None and self.ratio < LOW_COVERAGE
+        return self.coverage is not None and self.coverage.published_low is True
+
+    @property
+    def uncertain(self) -> bool:
+        """The published range straddles the threshold."""
+        return self.coverage is not None and self.coverage.published_low is None
+
+    @property
+    def ratio_text(self) -> str:
+        shown = self.shown
+        if shown is None:
+            return "not defined"
+        lowest, highest = shown
+        return f"{lowest:.3f}" if lowest == highest else f"{lowest:.3f}\N{EN DASH}{highest:.3f}"
 
 
 def collect_rows(attempts: list[dict[str, Any]]) -> list[ReportRow]:
@@ -145,20 +159,29 @@ def _bar(row: ReportRow, centre: float, base: float, y: Callable[[float], float]
     """One period's mark: a bar with its value above, or "n/a" when nobody was counted."""
     label = escape(row.period.label)
     parts = [f'<g class="mark{" low" if row.low else ""}">']
-    if row.ratio is None:
+    if row.shown is None:
         parts += [
             f"<title>{label}: no persons on either side, coverage not defined</title>",
             f'<text x="{centre}" y="{base - 6}" text-anchor="middle">n/a</text>',
         ]
     else:
-        top = y(row.ratio)
-        flag = " (low)" if row.low else ""
+        lowest, highest = row.shown
+        top = y(highest)
+        flag = " (low)" if row.low else " (near the threshold)" if row.uncertain else ""
         parts += [
-            f"<title>{label}: coverage {row.ratio:.3f}{flag}</title>",
-            f'<rect x="{centre - _SLOT * 0.3:.1f}" y="{top:.1f}" width="{_SLOT * 0.6:.1f}" '
-            f'height="{base - top:.1f}" fill="{_LOW_COLOUR if row.low else _NORMAL_COLOUR}"/>',
-            f'<text x="{centre}" y="{top - 5:.1f}" text-anchor="middle">{row.ratio:.3f}</text>',
+            f"<title>{label}: coverage {row.ratio_text}{flag}</title>",
+            f'<rect x="{centre - _SLOT * 0.3:.1f}" y="{y(lowest):.1f}" '
+            f'width="{_SLOT * 0.6:.1f}" height="{base - y(lowest):.1f}" '
+            f'fill="{_LOW_COLOUR if row.low else _NORMAL_COLOUR}"/>',
         ]
+        if highest > lowest:  # the range a "<5" count leaves open, as a whisker
+            parts.append(
+                f'<line x1="{centre}" y1="{y(lowest):.1f}" x2="{centre}" y2="{top:.1f}" '
+                'stroke="#222" stroke-width="2"/>'
+            )
+        parts.append(
+            f'<text x="{centre}" y="{top - 5:.1f}" text-anchor="middle">{row.ratio_text}</text>'
+        )
         if row.low:
             parts.append(
                 f'<text x="{centre}" y="{top - 19:.1f}" text-anchor="middle" '
@@ -211,10 +234,12 @@ as only in the register, only in NPR, or in both. Coverage = (only register + bo
 {escape(_summary(measured))}</p>
 {chart}
 {_table(rows)}
-<p class="note">Counts of 1 to 4 persons are shown as &lt;5. Periods are named like the drop
-folders, <code>from_to</code>, where the last day is not included. A period delivered more
-than once shows its latest delivered version. A period with no delivered version shows the
-status of its latest attempt and has no bar.
+<p class="note">Counts of 1 to 4 persons are shown as &lt;5; where a period has one, its
+coverage is shown as the range it lies in for any count from 1 to 4 (an exact value would give
+the count away), and a range across {LOW_COVERAGE:g} is marked "near the threshold".
+Periods are named like the drop folders, <code>from_to</code>, where the last day is not
+included. A period delivered more than once shows its latest delivered version. A period
+with no delivered version shows the status of its latest attempt and has no bar.
 Generated {escape(generated_at.strftime("%Y-%m-%d %H:%M UTC"))} from the disclosure log.</p>
 </body>
 </html>
@@ -225,7 +250,7 @@ def _summary(measured: list[ReportRow]) -> str:
     if not measured:
         return ""
     latest = measured[-1]
-    ratio = "not defined" if latest.ratio is None else f"{latest.ratio:.3f}"
+    ratio = latest.ratio_text
     lows = sum(row.low for row in measured)
     return (
         f"Latest period {latest.period.label}: coverage {ratio}. "
@@ -249,11 +274,17 @@ def _table_row(row: ReportRow) -> str:
         cells = [_MISSING] * 4
     else:
         shown = row.coverage.published()
-        ratio = _MISSING if shown["coverage"] is None else f"{shown['coverage']:.3f}"
+        ratio = _MISSING if row.shown is None else row.ratio_text
         cells = [str(shown[key]) for key in ("only_register", "only_npr", "both")] + [ratio]
     version = _MISSING if row.version is None else f"v{row.version}"
     numbers = "".join(f'<td class="n">{escape(cell)}</td>' for cell in cells)
-    flag = '<span class="flag">▼ low</span>' if row.low else ""
+    flag = (
+        '<span class="flag">▼ low</span>'
+        if row.low
+        else "near the threshold"
+        if row.uncertain
+        else ""
+    )
     opening = '<tr class="low">' if row.low else "<tr>"
     return (
         f"{opening}<td>{escape(row.period.label)}</td>"

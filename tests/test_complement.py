@@ -108,12 +108,14 @@ def test_coverage_by_hand(source, tmp_path):
         "both": 2,
         "coverage": 0.75,
     }
+    # The exact 0.75 beside "<5" cells would narrow them down: only the range is published.
     assert manifest_of(result)["coverage"] == {
         "only_register": "<5",
         "only_npr": "<5",
         "both": "<5",
-        "coverage": 0.75,
-        "low": False,
+        "coverage": None,
+        "coverage_range": [0.333, 0.889],
+        "low": None,
     }
     (attempt,) = DisclosureLog(f"sqlite:///{tmp_path / 'state.db'}").attempts("PARKINSON")
     assert attempt["coverage"]["coverage"] == 0.75
@@ -124,11 +126,13 @@ def test_low_coverage_is_flagged(source, tmp_path):
     listed = source.person()
     source.listed("PARKINSON", listed, "C-1", "2024-03-10")
     parkinson_episode(source, listed)
-    for _ in range(2):
+    for _ in range(10):
         parkinson_episode(source, source.person())
     result = deliver_parkinson(source, tmp_path)
-    assert result.coverage["coverage"] == pytest.approx(1 / 3)
+    assert result.coverage["coverage"] == pytest.approx(1 / 11)
+    # Low whatever the "<5" cell holds: (0 + 4) / (0 + 10 + 4) is still below 0.6.
     assert manifest_of(result)["coverage"]["low"] is True
+    assert manifest_of(result)["coverage"]["coverage_range"] == [0.090, 0.286]
 
 
 def test_a_new_reservation_makes_a_new_version_with_the_withdrawal(source, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import stat
 import struct
 import subprocess
@@ -151,19 +152,19 @@ def test_the_page_shows_the_latest_delivered_coverage_per_period(
     assert path == drop_dir / "_reports" / "PARKINSON" / "coverage.html"
     page = Page(path.read_text(encoding="utf-8"))
     assert page.rows == [
-        [JAN, "v1", "published", "<5", "11", "240", "0.957", ""],
+        [JAN, "v1", "published", "<5", "11", "240", f"0.956{DASH}0.957", ""],
         [FEB, "v2", "published", "26", "33", "61", "0.725", ""],
-        [MAR, "v1", "published", "<5", "70", "30", "0.327", "▼ low"],
+        [MAR, "v1", "published", "<5", "70", "30", f"0.306{DASH}0.327", "▼ low"],
         [APR, DASH, "failed", DASH, DASH, DASH, DASH, ""],
-        [MAY, "v1", "published", "10", "<5", "88", "0.980", ""],
+        [MAY, "v1", "published", "10", "<5", "88", f"0.960{DASH}0.990", ""],
         [JUN, DASH, "running", DASH, DASH, DASH, DASH, ""],
     ]
     assert page.svgs == 1
     assert [mark["title"] for mark in page.marks] == [
-        f"{JAN}: coverage 0.957",
+        f"{JAN}: coverage 0.956{DASH}0.957",
         f"{FEB}: coverage 0.725",
-        f"{MAR}: coverage 0.327 (low)",
-        f"{MAY}: coverage 0.980",
+        f"{MAR}: coverage 0.306{DASH}0.327 (low)",
+        f"{MAY}: coverage 0.960{DASH}0.990",
     ]
     assert [mark["low"] for mark in page.marks] == [False, False, True, False]
     assert ["▼ low" in mark["texts"] for mark in page.marks] == [False, False, True, False]
@@ -180,6 +181,33 @@ def test_small_counts_are_shown_as_under_five_only(
         assert exact not in text
     assert "NORKAR" not in text
     assert ">21<" not in text and ">37<" not in text  # February's superseded v1
+    # January's exact ratio, 243/254, would give its 3 away beside 11 and 240: 0.95x only
+    # appears as the range it lies in.
+    ranges = len(re.findall(r"0\.956\N{EN DASH}0\.957", text))
+    assert ranges and len(re.findall(r"0\.95\d", text)) == 2 * ranges
+
+
+@pytest.mark.parametrize(
+    ("counts", "shown", "low"),
+    [
+        ((26, 33, 61), "0.725", ""),  # no small cell: the ratio itself
+        ((1, 1, 2), f"0.333{DASH}0.889", "near the threshold"),  # straddles 0.6
+        ((1, 0, 2), "1.000", ""),  # every count it could be gives 1
+    ],
+)
+def test_a_period_with_a_small_count_shows_only_the_range_its_coverage_lies_in(
+    counts: tuple[int, int, int],
+    shown: str,
+    low: str,
+    log: DisclosureLog,
+    state_url: str,
+    tmp_path: Path,
+) -> None:
+    _attempt(log, 1, "published", counts, version=1)
+
+    page = Page(write_report(state_url, tmp_path / "drop", "PARKINSON").read_text("utf-8"))
+
+    assert page.rows[0][6:] == [shown, low]
 
 
 def test_the_report_has_the_drops_modes_and_replaces_itself_whole(
