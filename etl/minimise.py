@@ -93,20 +93,22 @@ class Shaped:
     end_before_start: int
 
 
-def _split_codes(codes: list[str | None]) -> tuple[list, list, list, list]:
+def _split_codes(codes: list[str | None], sources: list[str]) -> tuple[list, list, list, list]:
     """Diagnoses, procedures, main diagnosis and evidence codes from the query's code text.
 
     The text is 'part:kind:seq:main:code' entries separated by spaces; lists are ordered by
-    seq, as the source numbered them.
+    seq, as the source numbered them. KPR has no procedures: its rows get null, not an empty
+    list (contract section 2, NPR-only variables), so "none recorded" and "not kept by this
+    source" stay apart.
     """
     diagnoses, procedures, mains, evidence = [], [], [], []
-    for text in codes:
+    for text, source in zip(codes, sources, strict=True):
         entries = sorted(
             (int(seq), part, kind, main, code)
             for part, kind, seq, main, code in (e.split(":") for e in (text or "").split())
         )
         diagnoses.append([e[4] for e in entries if e[1] == "D"])
-        procedures.append([e[4] for e in entries if e[1] == "P"])
+        procedures.append([e[4] for e in entries if e[1] == "P"] if source == "NPR" else None)
         mains.append(next((e[4] for e in entries if e[1] == "D" and e[3] == "1"), None))
         evidence.append([f"{part}:{kind}:{main}:{code}" for _, part, kind, main, code in entries])
     return diagnoses, procedures, mains, evidence
@@ -119,7 +121,9 @@ def shape(batch: pa.RecordBatch, spec: Spec, pseudonymiser: Pseudonymiser | None
     if invalid:
         batch = batch.filter(pa.array(valid))
 
-    diagnoses, procedures, mains, evidence_codes = _split_codes(batch.column("codes").to_pylist())
+    diagnoses, procedures, mains, evidence_codes = _split_codes(
+        batch.column("codes").to_pylist(), batch.column("source").to_pylist()
+    )
     derived: dict[str, pa.Array] = {
         "diagnoses": pa.array(diagnoses, VARIABLE_TYPES["diagnoses"]),
         "procedures": pa.array(procedures, VARIABLE_TYPES["procedures"]),

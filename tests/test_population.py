@@ -288,6 +288,20 @@ def test_columns_are_the_contracts_and_kpr_maps_contact_date(source, tmp_path):
     assert rows["NPR"]["end_date"] == date(2024, 2, 25)
 
 
+def test_kpr_rows_have_no_procedures_and_npr_rows_without_any_an_empty_list(source, tmp_path):
+    """Section 2: procedures is NPR-only, so null on KPR rows; an NPR episode with none
+    recorded has an empty list, which says something else."""
+    person = source.person()
+    with_one = source.episode(person, procedures=[("ABC10", "NCSP", None)])
+    without = source.episode(person)
+    contact = source.contact(person)
+    result = deliver_with(source, tmp_path, variables=["fnr", "procedures"])
+    rows = {(row["source"], row["record_id"]): row for row in delivered_rows(result)}
+    assert rows[("NPR", with_one)]["procedures"] == ["ABC10"]
+    assert rows[("NPR", without)]["procedures"] == []
+    assert rows[("KPR", contact)]["procedures"] is None
+
+
 def test_manifest_and_drop_layout(source, tmp_path):
     for _ in range(6):
         source.episode(source.person())

@@ -1433,7 +1433,7 @@ def test_columns_are_the_allowed_set_in_the_contracts_order(case):
     spec's variables in its order (fnr not repeated), then status or event and case_id; no
     other column, no other file in the folder (assert_drop_shape). source is text,
     record_id int64, fnr text. Section 2: KPR rows carry contact_date as start_date and
-    end_date, and null NPR-only variables."""
+    end_date, and null NPR-only variables (procedures too: KPR has none)."""
     spec, plan = case
     variables = spec["variables"]
     allowed = {"source", "record_id", "fnr", *variables, *TYPE_COLUMNS[spec["delivery"]]}
@@ -1453,7 +1453,7 @@ def test_columns_are_the_allowed_set_in_the_contracts_order(case):
     observe(f"KPR rows: {min(len(kpr_rows), 2)}")
     for row in kpr_rows:
         contact_date = world.records[as_key(row)].plan.day
-        for name in set(NPR_ONLY_SCALARS) & set(variables):
+        for name in (set(NPR_ONLY_SCALARS) | {"procedures"}) & set(variables):
             assert row[name] is None, f"KPR row carries NPR-only {name}"
         for name in {"start_date", "end_date"} & set(variables):
             assert row[name] == contact_date
