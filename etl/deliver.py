@@ -14,7 +14,6 @@ another run) has disclosed nothing and is reported by the command line or the ta
 from __future__ import annotations
 
 import logging
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -399,8 +398,9 @@ def _attempt(
 ) -> DeliveryResult:
     """Stage, validate and publish; whatever fails, no staging folder is left behind.
 
-    (A worker process lives on after a failed task, so a leftover folder of personal data
-    would not be found by clean_stale_staging, which only removes folders of dead processes.)
+    (A worker process lives on after a failed task and still owns its staging folder, so a
+    leftover folder of personal data would not be found by clean_stale_staging, which only
+    removes folders whose owner is dead.)
     """
     staging = drop.staging_dir(settings.drop_dir, spec.code, spec.delivery, period)
     try:
@@ -421,7 +421,7 @@ def _attempt(
             settings, spec, period, as_of, staging, staged, guard, listed, pseudonymiser, attempt
         )
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already if quarantined or published
+        drop.discard(staging)  # gone already if quarantined or published
         raise
 
 
@@ -462,8 +462,11 @@ def _validate_and_publish(
         "passed" if report.success else "FAILED",
     )
     if not report.success:
+        # The attempt id ties the evidence to its log row, also when the run dies before
+        # the row can name the folder.
+        evidence = report.to_dict() | {"attempt_id": attempt}
         where = drop.quarantine(
-            settings.drop_dir, spec.code, spec.delivery, period, staging, report.to_dict()
+            settings.drop_dir, spec.code, spec.delivery, period, staging, evidence
         )
         raise ValidationFailed(report, str(where))
     faults.point("after_validation")

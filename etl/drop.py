@@ -12,8 +12,13 @@ A rerun whose data files are byte-for-byte those of the latest version writes no
 changed rerun is published beside it as ``<from>_<to>.v2`` (then ``.v3`` ...), its manifest
 naming the folder it supersedes. Published folders are never modified or replaced.
 
-A failed validation publishes nothing: the staging folder goes to
-``<drop_dir>/_quarantine/<CODE>/<delivery>/`` with its report, outside every register's folder.
+A failed validation publishes nothing: the staging folder, its report written into it first,
+goes to ``<drop_dir>/_quarantine/<CODE>/<delivery>/`` in one rename, outside every register's
+folder.
+
+A staging folder belongs to the run that made it for as long as that run holds a flock on the
+lock file beside it; the kernel drops the lock when the process dies, however it dies, and the
+next run removes the folder of personal data it left (clean_stale_staging).
 
 Drops hold identity numbers, so folders are created 0o750 and files 0o640 by default (the
 process umask would otherwise decide). Operators override the modes with the environment
@@ -55,8 +60,13 @@ SMALL_CELL = 5
 _WORK = ".work"
 _STAGING = "staging"
 _LOCKS = "locks"
+_LOCK_SUFFIX = ".lock"
 _DELIVERY = re.compile(r"[a-z_]+")
 _LOCK_POLL_SECONDS = 0.05
+
+# The staging folders this process owns, each with the descriptor that holds its flock. The
+# descriptor must stay open as long as the folder is in use: closing it ends the ownership.
+_OWNED: dict[Path, int] = {}
 
 
 class DropError(RuntimeError):
@@ -94,14 +104,34 @@ def suppress_small(n: int) -> int | str:
 def staging_dir(drop_dir: Path, code: str, delivery: str, period: Period) -> Path:
     """A fresh private folder for one run's data files, beside the final place.
 
-    Its name ``<from>_<to>.<host>.<pid>.<random>`` lets clean_stale_staging tell a live run's
-    folder from one left by a killed run, also when workers on several hosts share the drop.
+    The process owns it until publish, quarantine or discard consumes it: it holds an
+    exclusive flock on ``<folder>.lock`` beside the folder (not inside: the folder's contents
+    are what gets published). clean_stale_staging removes a folder only when it can take that
+    lock, so a live run's folder is safe and a dead run's is reclaimed, whatever has become
+    of its process id since. The lock is taken before the folder exists, so no cleaner ever
+    sees it unowned. The name ``<from>_<to>.<host>.<pid>.<random>`` records the host, which
+    clean_stale_staging checks, and the process, for an operator.
     """
     parent = make_dirs(_work_root(drop_dir, code, delivery) / _STAGING)
     path = parent / f"{period.label}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}"
-    path.mkdir()
-    path.chmod(dir_mode())
+    _OWNED[path] = _own(_lock_path(path))
+    try:
+        path.mkdir()
+        path.chmod(dir_mode())
+    except BaseException:
+        discard(path)
+        raise
     return path
+
+
+def discard(staging: Path) -> None:
+    """Remove a staging folder this process owns, if it is still there, and give it up.
+
+    For a run that ends without publishing or quarantining: its worker process may live on to
+    run the next task, and clean_stale_staging never touches a folder whose owner is alive.
+    """
+    shutil.rmtree(staging, ignore_errors=True)
+    _release(staging)
 
 
 def publish(
@@ -120,10 +150,12 @@ def publish(
     """
     root = _owning_root(drop_dir, code, delivery, staging)
     try:
-        return _publish(root, period, staging, manifest)
+        published = _publish(root, period, staging, manifest)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
         raise
+    _release(staging)
+    return published
 
 
 def quarantine(
@@ -139,18 +171,33 @@ def quarantine(
     The evidence is kept for the operator who investigates; it lives under ``_quarantine``
     rather than the register's folder, so a register never picks it up. The report must hold
     counts and expectation names only, never record values.
+
+    The report is written into the staging folder and everything is fsynced before a single
+    rename moves the folder: a run killed at any moment leaves no quarantine folder (its
+    staging folder is then a dead run's, for clean_stale_staging) or a complete one, never
+    evidence without the report that explains it. Like publish, it consumes the staging
+    folder whatever happens.
     """
     _owning_root(drop_dir, code, delivery, staging)
-    parent = make_dirs(Path(drop_dir) / QUARANTINE / code / delivery)
-    target = parent / f"{period.label}.{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
+    try:
+        target = _quarantine(Path(drop_dir) / QUARANTINE / code / delivery, period, staging, report)
+    except BaseException:
+        discard(staging)
+        raise
+    _release(staging)
+    return target
+
+
+def _quarantine(parent: Path, period: Period, staging: Path, report: dict[str, Any]) -> Path:
+    for path in staging.iterdir():
+        _seal(path)
+    _write_json(staging / REPORT, report)
+    fsync_dir(staging)
+    faults.point("before_quarantine_rename")
+    target = make_dirs(parent) / f"{period.label}.{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
     os.rename(staging, target)
-    target.chmod(dir_mode())
-    for path in target.iterdir():
-        if path.is_file():
-            path.chmod(file_mode())
-    _write_json(target / REPORT, report)
-    fsync_dir(target)
     fsync_dir(parent)
+    faults.point("after_quarantine_rename")
     return target
 
 
@@ -177,24 +224,40 @@ def delivery_lock(
 
 
 def clean_stale_staging(drop_dir: Path, code: str, delivery: str) -> int:
-    """Remove staging folders of this host whose process is gone; return how many.
+    """Remove staging folders of this host that no live run owns; return how many.
 
-    A killed run cannot clean up after itself. Folders of other hosts are left alone: their
-    pids mean nothing here, and the run owning them may be alive.
+    A killed run cannot clean up after itself. A folder is a dead run's when the lock file
+    beside it can be locked without waiting (see staging_dir); the process id in its name is
+    never trusted, since the system may have given it to an unrelated process. A lock file
+    whose folder is already gone (the run died just after its rename) is removed too. A folder
+    without a lock file was not made by staging_dir (or by a version before these locks) and
+    is left to the operator.
+
+    Folders of other hosts are left alone. On a drop shared over NFS the Linux client emulates
+    flock with the server's byte-range locks, which is only as good as the mount: with
+    ``local_lock=flock`` or ``local_lock=all`` a lock is invisible to other hosts, and a host
+    that crashed keeps its locks until its NFSv4 lease runs out (NFSv3: until it reboots).
+    Within one host a lock is always seen, so only runs of the owner's host (by name) decide;
+    a folder of a host that never runs again waits for the operator.
     """
     folder = _work_root(drop_dir, code, delivery) / _STAGING
     if not folder.is_dir():
         return 0
     removed = 0
-    for entry in folder.iterdir():
-        owner = _staging_owner(entry.name)
-        if owner is None or owner[0] != _host() or _alive(owner[1]):
+    for lock in sorted(folder.glob(f"*{_LOCK_SUFFIX}")):
+        staging = lock.with_suffix("")
+        if _staging_host(staging.name) != _host():
+            continue
+        fd = _claim(lock)
+        if fd is None:
             continue
         try:
-            shutil.rmtree(entry)
-        except FileNotFoundError:  # a run of another period cleaned it first
-            continue
-        removed += 1
+            if staging.is_dir():
+                shutil.rmtree(staging)
+                removed += 1
+            lock.unlink()
+        finally:
+            os.close(fd)
     return removed
 
 
@@ -427,22 +490,80 @@ def make_dirs(path: Path) -> Path:
     return path
 
 
-def _staging_owner(name: str) -> tuple[str, int] | None:
-    """(host, pid) from a staging folder name, or None for a name staging_dir did not make."""
+def _staging_host(name: str) -> str | None:
+    """The host from a staging folder name, or None for a name staging_dir did not make."""
     parts = name.split(".")
     if len(parts) != 4 or not parts[2].isdigit():
         return None
-    return parts[1], int(parts[2])
+    return parts[1]
 
 
-def _alive(pid: int) -> bool:
+def _lock_path(staging: Path) -> Path:
+    return staging.with_name(staging.name + _LOCK_SUFFIX)
+
+
+def _own(lock: Path) -> int:
+    """Create ``lock``, hold an exclusive flock on it, and return the descriptor.
+
+    A cleaner may claim and unlink the file between our open and our flock (it looks like the
+    lock file of a run that died before making its folder); a lock on an unlinked file guards
+    nothing, so it only counts once the file held is still the one at the path. Opened for
+    writing: NFS grants an exclusive flock only on a descriptor open for writing.
+    """
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _still_at(fd, lock):
+            return fd
+        os.close(fd)
+
+
+def _claim(lock: Path) -> int | None:
+    """The descriptor of ``lock`` flocked without waiting, or None while its owner lives.
+
+    None too when another cleaner claimed and removed it first (the file held is no longer
+    the one at the path).
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    if not _still_at(fd, lock):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path``."""
+    try:
+        current = path.stat()
+    except FileNotFoundError:
         return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
+    held = os.fstat(fd)
+    return (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _release(staging: Path) -> None:
+    """Give up a staging folder this process owns (nothing if it owns none by that name).
+
+    The lock file is removed while still locked and only once the folder is gone: a folder
+    whose removal failed keeps its lock file, so once the lock is dropped the next
+    clean_stale_staging claims it and tries again.
+    """
+    fd = _OWNED.pop(staging, None)
+    if fd is None:
+        return
+    try:
+        if not staging.exists():
+            _lock_path(staging).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def _host() -> str:

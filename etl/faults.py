@@ -24,6 +24,10 @@ The points, in the order a delivery passes them:
   the file is incomplete and the source query is still open (deliver._stage).
 - ``after_parquet``: every staged file is complete and closed; not yet validated
   (deliver._stage).
+- ``before_quarantine_rename``: validation failed; the report is written into the staging
+  folder and everything in it fsynced, not yet renamed into ``_quarantine`` (drop.quarantine).
+- ``after_quarantine_rename``: the staging folder with its report is in ``_quarantine`` and the
+  rename fsynced; the disclosure log row is still 'running' (drop.quarantine).
 - ``after_validation``: validation passed; the staging folder still holds the evidence file
   (deliver._validate_and_publish).
 - ``before_manifest``: the data files are sealed (mode set, fsynced), manifest not yet written
@@ -49,6 +53,8 @@ POINTS = (
     "after_log_start",
     "during_extraction",
     "after_parquet",
+    "before_quarantine_rename",
+    "after_quarantine_rename",
     "after_validation",
     "before_manifest",
     "before_rename",

@@ -9,6 +9,10 @@ clean (a staging folder, a 'running' disclosure log row). A second run without t
 must succeed, leave exactly one complete drop, no staging and no running row, and satisfy
 ``leveranse audit --check``.
 
+A run whose validation fails is killed the same way while it moves its evidence into
+quarantine: it leaves no quarantine folder or a complete one with its report, and the next run
+after the fix publishes, cleans the staging and keeps the quarantine for the operator.
+
 The helpers here (Delivery, prepared) are shared with test_concurrency.py.
 """
 
@@ -30,9 +34,10 @@ import pytest
 
 from etl import faults
 from etl.audit import DisclosureLog
-from etl.deliver import utc_now
-from etl.drop import MANIFEST, sha256_of
+from etl.deliver import EVIDENCE_FILE, utc_now
+from etl.drop import MANIFEST, QUARANTINE, REPORT, sha256_of
 from etl.faults import POINTS
+from etl.validate import UNIQUE_KEY
 from tests.delivery_helpers import population_spec, write_spec
 from tests.source_builder import Source
 from tests.test_cli import leveranse
@@ -44,6 +49,7 @@ DELIVERY = "population"
 START, END = "2024-03-01", "2024-04-01"
 LABEL = f"{START}_{END}"
 VERSION_NAME = re.compile(rf"{re.escape(LABEL)}(\.v[2-9]\d*)?")
+DATA = f"{CODE}_{DELIVERY}_{LABEL}.parquet"
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class Delivery:
         without its manifest or with a file that differs from it) fails the test.
         """
         if self.drops.exists():
-            assert {p.name for p in self.drops.iterdir()} <= {".work", CODE}
+            assert {p.name for p in self.drops.iterdir()} <= {".work", QUARANTINE, CODE}
         if not self.folder.exists():
             return []
         folders = sorted(self.folder.iterdir())
@@ -102,9 +108,19 @@ class Delivery:
         return folders
 
     def staging(self) -> list[Path]:
-        """Staging folders under .work (a dead run's, once no run is alive)."""
+        """Staging folders and their lock files under .work (a dead run's, once no run is
+        alive)."""
         parent = self.drops / ".work" / CODE / DELIVERY / "staging"
         return sorted(parent.iterdir()) if parent.exists() else []
+
+    def staging_folders(self) -> list[Path]:
+        """The staging folders alone: what holds personal data."""
+        return [path for path in self.staging() if path.is_dir()]
+
+    def quarantined(self) -> list[Path]:
+        """The evidence folders of failed validations, oldest first."""
+        folder = self.drops / QUARANTINE / CODE / DELIVERY
+        return sorted(folder.iterdir()) if folder.exists() else []
 
     def attempts(self) -> list[dict[str, Any]]:
         """The disclosure log, oldest attempt first (empty before the first run)."""
@@ -181,7 +197,7 @@ LEFT_BY = {
     "after_rename": Left(staging=0, running=1, drops=1),
 }
 POSTGRES_POINTS = ("during_extraction", "after_rename")
-CASES = [pytest.param(point, "sqlite", id=f"{point}-sqlite") for point in POINTS] + [
+CASES = [pytest.param(point, "sqlite", id=f"{point}-sqlite") for point in LEFT_BY] + [
     pytest.param(point, "postgresql", id=f"{point}-postgresql", marks=pytest.mark.postgres)
     for point in POSTGRES_POINTS
 ]
@@ -189,7 +205,7 @@ CASES = [pytest.param(point, "sqlite", id=f"{point}-sqlite") for point in POINTS
 
 def test_every_fault_point_is_covered() -> None:
     """A point added to etl.faults without a crash case here would go untested."""
-    assert set(LEFT_BY) == set(POINTS)
+    assert set(LEFT_BY) | set(QUARANTINED_BY) == set(POINTS)
 
 
 def test_a_typo_in_a_fault_name_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,7 +233,7 @@ def test_a_killed_run_leaves_no_drop_or_a_complete_one_and_the_next_run_finishes
     assert f"SIGKILL at fault point {point}" in killed.stderr
     left = LEFT_BY[point]
     assert len(delivery.published()) == left.drops
-    assert len(delivery.staging()) == left.staging
+    assert len(delivery.staging_folders()) == left.staging
     assert delivery.statuses() == ["running"] * left.running
 
     again = delivery.run()
@@ -234,5 +250,79 @@ def test_a_killed_run_leaves_no_drop_or_a_complete_one_and_the_next_run_finishes
         assert last["status"] == ("unchanged" if left.drops else "published")
     else:
         assert [row["status"] for row in attempts] == ["published"]
+    audit = delivery.audit()
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+# Quarantine: the points are reached only by a run whose validation fails.
+
+# Quarantine folders a run killed at the point leaves; a staging folder holds the rest.
+QUARANTINED_BY = {"before_quarantine_rename": 0, "after_quarantine_rename": 1}
+
+
+def duplicate_an_episode(source: Source) -> None:
+    """Deliver one episode twice, as a source without its primary key would: validation fails
+    on the unique key (and nothing else), so the run quarantines."""
+    source.raw("ALTER TABLE npr_episode RENAME TO npr_episode_with_key")
+    source.raw("CREATE TABLE npr_episode AS SELECT * FROM npr_episode_with_key")
+    source.raw(
+        "INSERT INTO npr_episode SELECT * FROM npr_episode_with_key"
+        " WHERE episode_id = (SELECT MIN(episode_id) FROM npr_episode_with_key)"
+    )
+
+
+def restore_the_key(source: Source) -> None:
+    """The source owner's fix: the episode table with its primary key back."""
+    source.raw("DROP TABLE npr_episode")
+    source.raw("ALTER TABLE npr_episode_with_key RENAME TO npr_episode")
+
+
+def assert_evidence(folder: Path, persons: list[str]) -> dict[str, Any]:
+    """A quarantine folder holds the staged files and the report that explains them, private,
+    and the report names expectations and counts, never an identity number."""
+    assert {p.name for p in folder.iterdir()} == {DATA, EVIDENCE_FILE, REPORT}
+    assert folder.stat().st_mode & 0o777 == 0o750
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o640}
+    text = (folder / REPORT).read_text(encoding="utf-8")
+    report = json.loads(text)
+    assert (report["success"], report["failed"]) == (False, [UNIQUE_KEY])
+    assert not any(person in text for person in persons)
+    return report
+
+
+@pytest.mark.parametrize("point", QUARANTINED_BY)
+def test_a_run_killed_while_quarantining_leaves_no_evidence_or_complete_evidence(
+    point: str, tmp_path: Path
+) -> None:
+    with prepared(f"sqlite:///{tmp_path / 'source.db'}", tmp_path) as delivery:
+        duplicate_an_episode(delivery.source)
+        killed = delivery.run(LEVERANSE_FAULT=point)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert f"SIGKILL at fault point {point}" in killed.stderr
+        assert delivery.published() == []
+        quarantined = delivery.quarantined()
+        assert len(quarantined) == QUARANTINED_BY[point]
+        staged = delivery.staging_folders()
+        assert len(staged) == 1 - QUARANTINED_BY[point]
+        assert delivery.statuses() == ["running"]
+        # Complete before the rename too: the report is written into the staging folder first.
+        reports = [assert_evidence(folder, delivery.persons) for folder in quarantined + staged]
+        contents = {p: p.read_bytes() for folder in quarantined for p in folder.iterdir()}
+
+        restore_the_key(delivery.source)
+        again = delivery.run()
+
+    assert again.returncode == 0, again.stderr
+    assert f"{LABEL}: published v1," in again.stdout
+    assert [folder.name for folder in delivery.published()] == [LABEL]
+    assert delivery.staging() == []  # the dead run's folder and lock file, or its lock file
+    # The evidence stays until the operator deletes it (README, "What a failed validation
+    # leaves"), byte for byte, and its report names the attempt the dead run logged.
+    assert delivery.quarantined() == quarantined
+    assert {p: p.read_bytes() for p in contents} == contents
+    closed, last = delivery.attempts()
+    assert (closed["status"], last["status"]) == ("failed", "published")
+    assert "interrupted" in closed["reason"]
+    assert [report["attempt_id"] for report in reports] == [closed["attempt_id"]]
     audit = delivery.audit()
     assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -6,10 +6,13 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from etl.drop import (
     Published,
     clean_stale_staging,
     delivery_lock,
+    discard,
     latest_version,
     publish,
     quarantine,
@@ -40,6 +44,7 @@ LABEL = "2024-01-01_2024-02-01"
 DATA = f"{CODE}_{DELIVERY}_{LABEL}.parquet"
 WITHDRAWALS = f"{CODE}_withdrawals_{LABEL}.parquet"
 DEAD_PID = 999_999_999  # above Linux's largest pid_max (2**22), so never a live process
+STAGING = Path(".work") / CODE / DELIVERY / "staging"
 
 
 def _write(folder: Path, name: str, record_ids: list[int]) -> None:
@@ -72,13 +77,16 @@ def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
-def _run_python(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _python_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def _run_python(script: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=_python_env(**env),
         timeout=60,
         check=False,
     )
@@ -201,11 +209,9 @@ def test_latest_version_ignores_other_periods_and_foreign_names(drop_dir: Path) 
     assert latest_version(drop_dir, "NORKAR", DELIVERY, PERIOD) is None
 
 
-def test_a_crash_before_the_rename_leaves_no_drop_and_its_staging_is_cleaned(
-    drop_dir: Path,
-) -> None:
-    crash = f"""
-import os, sys
+# A run that stages one file and publishes it; LEVERANSE_FAULT can kill it on the way.
+_STAGE_AND_PUBLISH = f"""
+import sys
 from datetime import date
 from pathlib import Path
 import pyarrow as pa, pyarrow.parquet as pq
@@ -215,36 +221,133 @@ drop_dir = Path(sys.argv[1])
 period = Period(date(2024, 1, 1), date(2024, 2, 1))
 staging = drop.staging_dir(drop_dir, "{CODE}", "{DELIVERY}", period)
 pq.write_table(pa.table({{"record_id": [1]}}), staging / "{DATA}")
-os.rename = lambda *args: os._exit(9)  # the process dies just before the rename
+print(staging, flush=True)
 drop.publish(drop_dir, "{CODE}", "{DELIVERY}", period, staging, {{}})
 """
-    assert _run_python(crash, str(drop_dir)).returncode == 9
 
-    root = drop_dir / CODE / DELIVERY
-    assert _visible(root) == []
+# A live run: it makes its staging folder, says where, and holds it until its stdin closes.
+_STAGE_AND_WAIT = f"""
+import sys
+from datetime import date
+from pathlib import Path
+from etl import drop
+from etl.period import Period
+period = Period(date(2024, 1, 1), date(2024, 2, 1))
+print(drop.staging_dir(Path(sys.argv[1]), "{CODE}", "{DELIVERY}", period), flush=True)
+sys.stdin.read()
+"""
+
+
+def _killed_before_rename(drop_dir: Path) -> Path:
+    """The staging folder of a run SIGKILLed just before its rename, as it left it."""
+    killed = _run_python(_STAGE_AND_PUBLISH, str(drop_dir), LEVERANSE_FAULT="before_rename")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return Path(killed.stdout.strip())
+
+
+def _rename(staging: Path, host: str | None = None, pid: int | None = None) -> Path:
+    """Rename a staging folder and its lock file as if ``host`` or process ``pid`` had made
+    them (a pid recorded by a dead run is one the system may have given to another process).
+    """
+    label, own_host, own_pid, token = staging.name.split(".")
+    renamed = staging.with_name(f"{label}.{host or own_host}.{pid or own_pid}.{token}")
+    staging.with_name(staging.name + ".lock").rename(renamed.with_name(renamed.name + ".lock"))
+    staging.rename(renamed)
+    return renamed
+
+
+@pytest.fixture
+def sleeping_child() -> Iterator[subprocess.Popen[bytes]]:
+    child = subprocess.Popen(["sleep", "60"])
+    yield child
+    child.kill()
+    child.wait()
+
+
+def test_a_crash_before_the_rename_leaves_no_drop_and_its_staging_is_cleaned(
+    drop_dir: Path,
+) -> None:
+    left = _killed_before_rename(drop_dir)
+
+    assert _visible(drop_dir / CODE / DELIVERY) == []
     assert latest_version(drop_dir, CODE, DELIVERY, PERIOD) is None
-    (left,) = (drop_dir / ".work" / CODE / DELIVERY / "staging").iterdir()
     assert sorted(os.listdir(left)) == [DATA, "manifest.json"]
+    assert sorted(os.listdir(drop_dir / STAGING)) == [left.name, f"{left.name}.lock"]
 
     assert clean_stale_staging(drop_dir, CODE, DELIVERY) == 1
-    assert os.listdir(drop_dir / ".work" / CODE / DELIVERY / "staging") == []
+    assert os.listdir(drop_dir / STAGING) == []
+
+
+@pytest.mark.parametrize("holder", ["this test", "a sleeping child"])
+def test_a_dead_runs_folder_is_cleaned_even_when_its_pid_now_belongs_to_a_live_process(
+    drop_dir: Path, holder: str, sleeping_child: subprocess.Popen[bytes]
+) -> None:
+    """A pid says nothing once its process is gone: the system hands it out again."""
+    live_pid = os.getpid() if holder == "this test" else sleeping_child.pid
+    left = _rename(_killed_before_rename(drop_dir), pid=live_pid)
+
+    assert clean_stale_staging(drop_dir, CODE, DELIVERY) == 1
+    assert not left.exists()
+    assert os.listdir(drop_dir / STAGING) == []
+
+
+def test_a_live_runs_folder_is_kept_whatever_its_pid_until_the_run_is_killed(
+    drop_dir: Path,
+) -> None:
+    run = subprocess.Popen(
+        [sys.executable, "-c", _STAGE_AND_WAIT, str(drop_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_python_env(),
+    )
+    try:
+        assert run.stdout is not None
+        live = _rename(Path(run.stdout.readline().decode().strip()), pid=DEAD_PID)
+
+        assert clean_stale_staging(drop_dir, CODE, DELIVERY) == 0
+        assert live.is_dir()
+    finally:
+        run.kill()  # SIGKILL: the kernel drops the run's lock
+        run.communicate()
+
+    assert clean_stale_staging(drop_dir, CODE, DELIVERY) == 1
+    assert os.listdir(drop_dir / STAGING) == []
+
+
+def test_a_lock_file_left_without_its_folder_is_removed(drop_dir: Path) -> None:
+    """A run killed just after its rename leaves its lock file; it is not counted."""
+    left = _killed_before_rename(drop_dir)
+    shutil.rmtree(left)  # the rename's effect on the staging folder
+
+    assert clean_stale_staging(drop_dir, CODE, DELIVERY) == 0
+    assert os.listdir(drop_dir / STAGING) == []
 
 
 def test_clean_stale_staging_keeps_live_foreign_and_unknown_folders(drop_dir: Path) -> None:
+    dead = _killed_before_rename(drop_dir)
     live = staging_dir(drop_dir, CODE, DELIVERY, PERIOD)
-    dead = staging_dir(drop_dir, CODE, DELIVERY, PERIOD)
-    label, host, _pid, token = dead.name.split(".")
-    dead.rename(dead.with_name(f"{label}.{host}.{DEAD_PID}.{token}"))
-    other_host = live.with_name(f"{LABEL}.elsewhere.{DEAD_PID}.abcd")
+    host = live.name.split(".")[1]
+    other_host = live.with_name(f"{LABEL}.elsewhere.{DEAD_PID}.abcd")  # its lock is free here
     unknown = live.with_name("made-by-hand")
-    other_host.mkdir()
-    unknown.mkdir()
-
-    assert clean_stale_staging(drop_dir, CODE, DELIVERY) == 1
-    assert sorted(p.name for p in live.parent.iterdir()) == sorted(
-        [live.name, other_host.name, unknown.name]
-    )
-    assert clean_stale_staging(drop_dir, "NORKAR", DELIVERY) == 0
+    unlocked = live.with_name(f"{LABEL}.{host}.{DEAD_PID}.abcd")  # made before staging locked
+    for folder in (other_host, unknown, unlocked):
+        folder.mkdir()
+    for folder in (other_host, unknown):
+        folder.with_name(folder.name + ".lock").touch()
+    try:
+        assert clean_stale_staging(drop_dir, CODE, DELIVERY) == 1
+        assert not dead.exists()
+        assert {p.name for p in live.parent.iterdir() if p.is_dir()} == {
+            live.name,
+            other_host.name,
+            unknown.name,
+            unlocked.name,
+        }
+        assert clean_stale_staging(drop_dir, "NORKAR", DELIVERY) == 0
+    finally:
+        discard(live)
+    assert not live.exists()
+    assert not live.with_name(live.name + ".lock").exists()
 
 
 @pytest.mark.parametrize("strays", [["notes.txt"], ["manifest.json"], []])
@@ -319,6 +422,7 @@ def test_quarantine_moves_the_evidence_out_of_the_registers_folder(drop_dir: Pat
     assert sorted(os.listdir(path)) == [DATA, "validation_report.json"]
     assert json.loads((path / "validation_report.json").read_text()) == report
     assert not staging.exists()
+    assert os.listdir(drop_dir / STAGING) == []  # its lock file went with it
     assert _visible(drop_dir / CODE / DELIVERY) == []
     assert latest_version(drop_dir, CODE, DELIVERY, PERIOD) is None
     assert _mode(path) == 0o750
