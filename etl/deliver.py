@@ -319,12 +319,15 @@ def close_interrupted(
 
     Called under the delivery lock, so no other run of the period is alive. A run killed
     after its rename but before its log write published a drop whose manifest names its
-    attempt: that row becomes published. Any other unfinished row becomes failed.
+    attempt: that row becomes published. One killed after moving its evidence into quarantine
+    left a report naming its attempt: that row becomes validation_failed with the folder. Any
+    other unfinished row becomes failed.
     """
     published = {
         manifest.get("attempt_id"): (folder, manifest)
         for folder, manifest in drop.period_versions(drop_dir, spec.code, spec.delivery, period)
     }
+    quarantined = drop.quarantined_attempts(drop_dir, spec.code, spec.delivery, period)
     for row in disclosure_log.attempts(spec.code):
         if row["status"] != "running" or row["delivery"] != spec.delivery:
             continue
@@ -345,6 +348,15 @@ def close_interrupted(
                 reason="completed from its drop after the run was interrupted",
             )
             log.warning("%s: an interrupted run had published %s", spec.code, folder.name)
+        elif row["attempt_id"] in quarantined:
+            disclosure_log.finish(
+                row["attempt_id"],
+                "validation_failed",
+                drop_path=str(quarantined[row["attempt_id"]]),
+                reason="validation failed; completed from its quarantine report after the run "
+                "was interrupted",
+            )
+            log.warning("%s: an interrupted run had failed validation", spec.code)
         else:
             disclosure_log.finish(
                 row["attempt_id"], "failed", reason="interrupted: the run ended before it finished"

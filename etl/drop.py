@@ -276,6 +276,28 @@ def period_versions(
     return [(path, _read_manifest(path)) for _, path in _versions(root, period)]
 
 
+def quarantined_attempts(
+    drop_dir: Path, code: str, delivery: str, period: Period
+) -> dict[str, Path]:
+    """The quarantine folders of the period by the attempt id in their report.
+
+    Lets the next run close the log row of a run killed after its quarantine rename as what
+    it was, a failed validation with its evidence, rather than an unexplained failure.
+    """
+    parent = Path(drop_dir) / QUARANTINE / code / delivery
+    if not parent.is_dir():
+        return {}
+    found = {}
+    for folder in sorted(parent.glob(f"{period.label}.*")):
+        try:
+            report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not one a run of this version made; the operator's to look at
+        if isinstance(report, dict) and isinstance(report.get("attempt_id"), str):
+            found[report["attempt_id"]] = folder
+    return found
+
+
 def _versions(root: Path, period: Period) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []
