@@ -18,22 +18,27 @@ nothing and keeps its evidence under `<drop-dir>/_quarantine/`.
 Registers go in priority order (`deliver_priority_1` first); each mapped instance is
 labelled with its register code.
 
-**Params** (Trigger DAG → form; all optional): `registers` (codes; empty means every
-new-information register), `period_from` / `period_to` (ISO dates, `[from, to)`), and
-`reservations_as_of` (apply reservations as they stood at this UTC instant).
+**Params** (Trigger DAG → form; all optional): `registers` (codes; empty or null means
+every new-information register), `period_from` / `period_to` (ISO dates, `[from, to)`),
+`reservations_as_of` (apply reservations as they stood at this UTC instant), and
+`full_refresh` (each register's whole lookback window up to `period_to`, or the data
+interval's end, or today, as one drop; leave `period_from` empty).
 
 **Rerun one register** for a past period: Trigger DAG with `registers = ["NORKAR"]` and the
 period. Unchanged data writes nothing; changed data is published beside the old drop as
 `<from>_<to>.v2`.
 
-**Failures.** Database errors and a stale reservation copy are retried with exponential
-back-off; a bad spec, failed validation or a missing pseudonymisation key fail at once. The
-`summary` task lists every register's outcome and fails the run if any failed.
+**Failures.** Database errors and a stale reservation copy are retried with
+exponential back-off; a bad spec, failed validation or a missing pseudonymisation key fail
+at once. A register whose spec pseudonymises takes the key from `LEVERANSE_PSEUDONYM_KEY`,
+else from the password of the Airflow connection `leveranse_pseudonym`. The `summary` task
+lists every register's outcome and fails the run if any failed.
 
-**Also.** `full_refresh` (Param) delivers each register's whole lookback window as one drop.
-Each new drop emits the asset event `drop/<CODE>/<delivery>` (consumed by `drop_notices`);
-a register that fails for good sends an alert when `LEVERANSE_ALERT_EMAIL` is set; the
-`summary` task ends with `leveranse audit --check` and fails the run on any mismatch.
+**Asset events, alerts, audit.** Each new drop emits the asset event
+`drop/<CODE>/<delivery>` (consumed by `drop_notices`; an unchanged rerun emits none); a
+register that fails for good sends an alert (task log always, mail when
+`LEVERANSE_ALERT_EMAIL` is set); the `summary` task ends with `leveranse audit --check` and
+fails the run on any mismatch.
 """
 
 from etl.airflow_dag import delivery_dag

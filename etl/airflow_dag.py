@@ -41,6 +41,12 @@ window instead (``lookback_days`` of its spec, up to ``period_to``, the end of t
 interval, or today): one drop that replaces what the register holds, for a register that
 lost data, changed its spec, or must re-key after the pseudonymisation key was rotated.
 
+A register whose spec pseudonymises needs the key: ``LEVERANSE_PSEUDONYM_KEY`` where the
+worker's environment has it, else the password of the Airflow connection
+``leveranse_pseudonym`` (``pseudonym_key``). Without either, its task fails at once and
+nothing is read or published. The key goes to ``deliver`` as an argument and Airflow masks
+it in its logs; it never travels through XCom or Params.
+
 Every drop a register task publishes (a new version, not an unchanged rerun) emits an
 Airflow asset event for that register's asset ``drop_asset(code, delivery)``, through one
 asset alias per delivery type: a mapped task must emit only its own register's event, and
@@ -60,6 +66,7 @@ drop and state locations are read from the environment when a task runs.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from datetime import UTC, date, datetime, timedelta
@@ -70,6 +77,7 @@ from airflow.sdk import (
     Asset,
     AssetAlias,
     AssetAny,
+    Connection,
     Context,
     CronDataIntervalTimetable,
     Param,
@@ -79,9 +87,11 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from airflow.sdk.log import mask_secret
 
 from etl.notify import FailureAlert, send_alert, write_notice
+from etl.pseudonym import KEY_CONNECTION, KEY_VARIABLE, REFUSAL, PseudonymKeyMissing, checked_key
 from etl.redact import one_line
 from etl.settings import Settings
 from etl.spec import DELIVERY_TYPES, SpecError, find_spec, load_specs
@@ -144,9 +154,11 @@ def _params(delivery: str) -> dict[str, Param]:
     codes = _known_codes(delivery)
     suggestions: dict[str, Any] = {"examples": codes} if codes else {}
     return {
+        # Optional: the form marks a Param required unless its type allows null, and
+        # clearing the multi-select sends null. Null and [] both mean every register.
         "registers": Param(
-            [],
-            type="array",
+            None,
+            type=["null", "array"],
             items={"type": "string", "pattern": "^[A-Z0-9_]+$"},
             title="Registers",
             description=f"Register codes to deliver; empty delivers every {delivery} register.",
@@ -328,6 +340,46 @@ def audit_drops(settings: Settings) -> Reconciliation:
     return result
 
 
+def pseudonym_key() -> bytes:
+    """The pseudonymisation key in a task: LEVERANSE_PSEUDONYM_KEY, else an Airflow connection.
+
+    The environment wins where it is set, as for the command line. Otherwise the key is the
+    password of the connection ``leveranse_pseudonym``, which Airflow resolves from a
+    secrets backend, an ``AIRFLOW_CONN_LEVERANSE_PSEUDONYM`` variable or its metadata
+    database, so a deployment can keep the key in its secret store. Whichever it is, Airflow
+    is told to mask it in every log line; it reaches ``deliver`` as an argument, never
+    through XCom or Params, and an error names the source, never the value.
+    """
+    secret, source = os.environ.get(KEY_VARIABLE), KEY_VARIABLE
+    if not secret:
+        secret = _connection_password(KEY_CONNECTION)
+        source = f"the password of the Airflow connection {KEY_CONNECTION}"
+    if secret:
+        mask_secret(secret)
+    return checked_key(secret, source)
+
+
+def _connection_password(conn_id: str) -> str | None:
+    """The connection's password; a connection that does not exist means no key."""
+    try:
+        return Connection.get(conn_id).password
+    except AirflowNotFoundException:
+        raise PseudonymKeyMissing(
+            f"{KEY_VARIABLE} is not set and Airflow has no connection {conn_id}; {REFUSAL}"
+        ) from None
+
+
+def _key_if_needed(settings: Settings, code: str) -> bytes | None:
+    """The key for a register whose spec pseudonymises; None for the others.
+
+    A register that never pseudonymises must run whether or not a key is configured, and
+    the key is not fetched (nor masked, nor held) where nothing uses it.
+    """
+    if not find_spec(settings.specs_dir, code).pseudonymises:
+        return None
+    return pseudonym_key()
+
+
 def _not_retryable() -> tuple[type[BaseException], ...]:
     """Errors a retry cannot fix; imported at run time to keep pandas and GX out of parsing.
 
@@ -335,7 +387,6 @@ def _not_retryable() -> tuple[type[BaseException], ...]:
     synchronisation may land within the back-off), another run holding the register's lock,
     and anything unforeseen (a retry costs minutes; a missed night costs a manual rerun).
     """
-    from etl.pseudonym import PseudonymKeyMissing
     from etl.validate import ValidationFailed
 
     # ValueError covers SpecError and a period deliver() finds empty (from >= its default
@@ -415,7 +466,7 @@ def delivery_dag(delivery: str, dag_id: str, doc_md: str) -> DAG:
             except SpecError as exc:
                 raise AirflowFailException(f"the register specs cannot be read: {exc}") from None
             own = {code: spec for code, spec in specs.items() if spec.delivery == delivery}
-            wanted = list(dict.fromkeys(context["params"]["registers"])) or sorted(own)
+            wanted = list(dict.fromkeys(context["params"]["registers"] or [])) or sorted(own)
             unknown = [code for code in wanted if code not in own]
             if unknown:
                 others = {c: specs[c].delivery for c in unknown if c in specs}
@@ -465,8 +516,10 @@ def delivery_dag(delivery: str, dag_id: str, doc_md: str) -> DAG:
             code = register["code"]
             context = get_current_context()
             start, end, as_of = register_window(context, code)
+            settings = Settings.resolve()
             try:
-                result = deliver(Settings.resolve(), code, start, end, as_of)
+                key = _key_if_needed(settings, code)
+                result = deliver(settings, code, start, end, as_of, pseudonym_key=key)
             except _not_retryable() as exc:
                 raise AirflowFailException(f"{code}: not retried: {one_line(exc)}") from None
             except Exception as exc:

@@ -254,10 +254,19 @@ def deliver(
     start: date | None = None,
     end: date | None = None,
     reservations_as_of: datetime | None = None,
+    pseudonym_key: bytes | None = None,
 ) -> DeliveryResult:
-    """Deliver register ``code`` for one period (see the module docstring)."""
+    """Deliver register ``code`` for one period (see the module docstring).
+
+    ``pseudonym_key`` is a key the caller has resolved and checked (the DAGs fall back to an
+    Airflow connection); without it a pseudonymising spec reads LEVERANSE_PSEUDONYM_KEY.
+    """
     spec = find_spec(settings.specs_dir, code)
-    pseudonymiser = Pseudonymiser(key_from_environment(), spec.code) if spec.pseudonymises else None
+    pseudonymiser = (
+        Pseudonymiser(pseudonym_key or key_from_environment(), spec.code)
+        if spec.pseudonymises
+        else None
+    )
     now = utc_now()
     as_of = reservations_as_of or now
     disclosure_log = DisclosureLog(settings.state_url)

@@ -8,6 +8,7 @@ test sets up, and reports back as JSON in a file (Airflow writes its own logs to
 
     python tests/airflow_runner.py parse OUT
     python tests/airflow_runner.py test DAG_ID OUT [--conf JSON] [--logical-date ISO|none]
+    python tests/airflow_runner.py pseudonym-key OUT
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def parse(out: Path) -> None:
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
             "params": sorted(dag.params.keys()),
+            "param_schemas": {
+                name: dag.params.get_param(name).dump() for name in sorted(dag.params.keys())
+            },
             "owner": dag.default_args.get("owner"),
             "tasks": {
                 t.task_id: {
@@ -100,6 +104,21 @@ def test(dag_id: str, out: Path, conf: dict[str, Any], logical_date: str | None)
     out.write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
+def pseudonym_key(out: Path, fnr: str = "01010112345") -> None:
+    """Resolve the key as a delivery task does; report a pseudonym made with it, or the refusal.
+
+    The report never holds the key: the test recomputes the pseudonym from the key it set.
+    """
+    from etl.airflow_dag import pseudonym_key as resolve
+    from etl.pseudonym import Pseudonymiser, PseudonymKeyMissing
+
+    try:
+        report = {"pseudonym": Pseudonymiser(resolve(), "TEST")(fnr), "fnr": fnr}
+    except PseudonymKeyMissing as exc:
+        report = {"refused": str(exc)}
+    out.write_text(json.dumps(report), encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,9 +128,12 @@ def main() -> None:
     run.add_argument("out", type=Path)
     run.add_argument("--conf", type=json.loads, default={})
     run.add_argument("--logical-date")
+    commands.add_parser("pseudonym-key").add_argument("out", type=Path)
     args = parser.parse_args()
     if args.command == "parse":
         parse(args.out)
+    elif args.command == "pseudonym-key":
+        pseudonym_key(args.out)
     else:
         test(args.dag_id, args.out, args.conf, args.logical_date)
 

@@ -17,6 +17,8 @@ pytest-xdist 3.8 ignores xdist_group) costs one more migration, nothing else.
 from __future__ import annotations
 
 import ast
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -27,6 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -44,6 +47,12 @@ DELIVERY_DAG_FILES = [f for f in DAG_FILES if f.stem != "drop_notices"]
 TODAY = datetime.now(UTC).date()
 SYNTH_PERSONS = 300
 ELEVEN_DIGITS = re.compile(r"(?<!\d)\d{11}(?!\d)")
+SHIPPED_CODES = {
+    "define_population": ["PHV"],
+    "complement_information": ["PARKINSON"],
+    "new_information": ["NORKAR"],
+}
+KEY_CONNECTION_VARIABLE = "AIRFLOW_CONN_LEVERANSE_PSEUDONYM"
 
 
 def _env(airflow_home: Path, **leveranse: str) -> dict[str, str]:
@@ -117,6 +126,30 @@ def test_dag_is_documented_tagged_and_nightly(parsed, path):
         "registers",
         "reservations_as_of",
     ]
+
+
+@pytest.mark.parametrize("path", DELIVERY_DAG_FILES, ids=lambda p: p.stem)
+def test_registers_param_is_optional_and_suggests_the_known_codes(parsed, path):
+    """Issue 7: the form marks a Param required unless its type allows null, and clearing the
+    multi-select sends null; null and [] both mean every register of the DAG's type."""
+    param = parsed["dags"][path.stem]["param_schemas"]["registers"]
+    schema = param["schema"]
+    assert param["value"] is None
+    assert "null" in schema["type"]
+    assert schema["examples"] == SHIPPED_CODES[path.stem]
+    checker = jsonschema.FormatChecker()
+    for accepted in (None, [], SHIPPED_CODES[path.stem]):
+        jsonschema.validate(accepted, schema, format_checker=checker)
+    for refused in ("PHV", ["phv"], [None]):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(refused, schema, format_checker=checker)
+
+
+@pytest.mark.parametrize("path", DELIVERY_DAG_FILES, ids=lambda p: p.stem)
+def test_dag_doc_tells_full_refresh_alerts_and_asset_events(parsed, path):
+    doc = parsed["dags"][path.stem]["doc_md"]
+    for needle in ("full_refresh", "alert", "asset event", "drop/<CODE>/<delivery>"):
+        assert needle in doc, needle
 
 
 @pytest.mark.parametrize("path", DELIVERY_DAG_FILES, ids=lambda p: p.stem)
@@ -194,6 +227,7 @@ def _run_dag(
     logical_date: str | None = None,
     specs: Path = REPO / "registers",
     dag_id: str = "define_population",
+    secrets: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], str]:
     env = _env(
         airflow_home,
@@ -201,6 +235,7 @@ def _run_dag(
         LEVERANSE_SPECS_DIR=str(specs),
         LEVERANSE_DROP_DIR=str(tmp_path / "drops"),
         LEVERANSE_STATE_URL=f"sqlite:///{tmp_path / 'state.db'}",
+        **(secrets or {}),
     )
     args = ["test", dag_id, "--conf", json.dumps(conf or {})]
     if logical_date is not None:
@@ -231,7 +266,8 @@ def _two_years() -> dict[str, str]:
 @pytest.mark.xdist_group("airflow")
 def test_population_dag_delivers_every_population_register(airflow_home, source_url, tmp_path):
     period = _two_years()
-    report, output = _run_dag(airflow_home, tmp_path, source_url, conf=period)
+    # registers null, as the trigger form sends it once the field is cleared
+    report, output = _run_dag(airflow_home, tmp_path, source_url, conf=period | {"registers": None})
 
     assert report["state"] == "success", output[-5000:]
     tasks = _tasks(report)
@@ -373,3 +409,175 @@ def test_new_information_dag_delivers_norkar(airflow_home, source_url, tmp_path)
     rows = pq.read_table(folder / f"NORKAR_new_information_{folder.name}.parquet")
     assert rows.num_rows > 0
     assert set(rows.column("event").to_pylist()) <= {"follow_up", "new_case"}
+
+
+# --- the pseudonymisation key -------------------------------------------------------------
+
+
+def _pseudonym(key: str, code: str, fnr: str) -> str:
+    """CONTRACT.md section 3, computed here from the key: HMAC-SHA256 over code, 0x1f, fnr."""
+    message = code.encode("ascii") + b"\x1f" + fnr.encode("ascii")
+    return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def _key_connection(password: str | None) -> dict[str, str]:
+    """The connection leveranse_pseudonym in the JSON form of AIRFLOW_CONN_*."""
+    fields = {"conn_type": "generic"} | ({} if password is None else {"password": password})
+    return {KEY_CONNECTION_VARIABLE: json.dumps(fields)}
+
+
+def _key_text(seed: str) -> str:
+    """A test key of 64 characters that names its test, so a leak points at its source."""
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("configured", "used", "refusal"),
+    [
+        ({"connection": "conn"}, "conn", None),
+        ({"variable": "var", "connection": "conn"}, "var", None),
+        ({}, None, "LEVERANSE_PSEUDONYM_KEY is not set and Airflow has no connection "),
+        (
+            {"connection": "short"},
+            None,
+            "the password of the Airflow connection leveranse_pseudonym is shorter than 32",
+        ),
+        ({"variable": "short"}, None, "LEVERANSE_PSEUDONYM_KEY is shorter than 32 bytes"),
+        (
+            {"connection": None},
+            None,
+            "the password of the Airflow connection leveranse_pseudonym is not set",
+        ),
+    ],
+    ids=["connection", "variable-wins", "neither", "short-connection", "short-variable", "empty"],
+)
+def test_a_task_takes_the_key_from_the_environment_else_the_connection(
+    tmp_path, configured, used, refusal
+):
+    """The same minimum length holds for both sources; a refusal names the source only."""
+    keys = {name: _key_text(name) for name in ("var", "conn")} | {"short": "s" * 31}
+    secrets = {}
+    if "variable" in configured:
+        secrets["LEVERANSE_PSEUDONYM_KEY"] = keys[configured["variable"]]
+    if "connection" in configured:
+        name = configured["connection"]
+        secrets |= _key_connection(None if name is None else keys[name])
+    report, output = _runner(_env(tmp_path, **secrets), tmp_path / "key.json", "pseudonym-key")
+
+    if used is None:
+        assert report["refused"].startswith(refusal)
+    else:
+        assert report["pseudonym"] == _pseudonym(keys[used], "TEST", report["fnr"])
+    for key in keys.values():
+        assert key not in output and key not in json.dumps(report)
+
+
+@pytest.fixture
+def pseudonymising_specs(tmp_path: Path) -> Path:
+    """PHV as shipped, except that persons with a NO_FNR reservation are pseudonymised."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    document = yaml.safe_load((REPO / "registers" / "phv.yaml").read_text(encoding="utf-8"))
+    document["reservations"]["no_fnr"] = "pseudonymise"
+    (specs / "phv.yaml").write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
+    return specs
+
+
+@pytest.fixture
+def no_fnr_source(tmp_path: Path) -> str:
+    """A synthetic source where every person with NPR episodes has reserved against NPR
+    handing out their number (NO_FNR), so every NPR row for PHV must carry a pseudonym."""
+    url = _synthetic_source(tmp_path / "source.db")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            first = conn.execute(text("SELECT COALESCE(MAX(reservation_id), 0) FROM reservation"))
+            conn.execute(
+                text(
+                    "INSERT INTO reservation (reservation_id, fnr, registry, scope, registered_at)"
+                    " SELECT :first + ROW_NUMBER() OVER (ORDER BY fnr), fnr, 'NPR', 'NO_FNR',"
+                    " '2000-01-01 00:00:00' FROM (SELECT DISTINCT fnr FROM npr_episode)"
+                ),
+                {"first": first.scalar()},
+            )
+    finally:
+        engine.dispose()
+    return url
+
+
+def _record_fnrs(url: str) -> dict[tuple[str, int], str]:
+    """(source, record_id) -> fnr of every record, to recompute the pseudonyms."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT 'NPR', episode_id, fnr FROM npr_episode"
+                    " UNION ALL SELECT 'KPR', contact_id, fnr FROM kpr_contact"
+                )
+            )
+            return {(source, record_id): fnr for source, record_id, fnr in rows}
+    finally:
+        engine.dispose()
+
+
+def _files_holding(needle: str, *roots: Path) -> list[Path]:
+    """Every file under the roots whose bytes contain the needle."""
+    return [
+        path
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file() and needle.encode("utf-8") in path.read_bytes()
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("airflow")
+def test_pseudonyms_come_from_the_airflow_connection_and_the_key_is_written_nowhere(
+    airflow_home, tmp_path, pseudonymising_specs, no_fnr_source
+):
+    key = _key_text(f"connection key of {tmp_path.name}")
+    period = _two_years()
+    report, output = _run_dag(
+        airflow_home,
+        tmp_path,
+        no_fnr_source,
+        conf=period,
+        specs=pseudonymising_specs,
+        secrets=_key_connection(key),
+    )
+
+    assert report["state"] == "success", output[-5000:]
+    folder = tmp_path / "drops" / "PHV" / "population" / f"{period['period_from']}_{TODAY}"
+    rows = pq.read_table(folder / _manifest(folder)["files"][0]["name"]).to_pylist()
+    fnrs = _record_fnrs(no_fnr_source)
+    pseudonymised = [row for row in rows if row["source"] == "NPR"]
+    assert pseudonymised, "no NPR row in the drop: nothing was pseudonymised"
+    for row in pseudonymised:
+        assert row["fnr"] is None
+        expected = _pseudonym(key, "PHV", fnrs[("NPR", row["record_id"])])
+        assert row["pseudonym"] == expected
+    assert key not in output, "the key is in the task log"
+    # drops, state database, run report, and Airflow's home: metadata database and logs
+    assert _files_holding(key, tmp_path, airflow_home) == []
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("airflow")
+def test_a_pseudonymising_register_without_a_key_fails_at_once_and_publishes_nothing(
+    airflow_home, tmp_path, pseudonymising_specs, no_fnr_source
+):
+    report, output = _run_dag(
+        airflow_home, tmp_path, no_fnr_source, conf=_two_years(), specs=pseudonymising_specs
+    )
+
+    assert report["state"] == "failed"
+    tasks = _tasks(report)
+    failed = tasks["deliver_priority_3[PHV]"]
+    assert (failed["state"], failed["try_number"]) == ("failed", 1)  # not up_for_retry
+    assert tasks["summary"]["state"] == "failed"
+    assert (
+        "PHV: not retried: LEVERANSE_PSEUDONYM_KEY is not set and Airflow has no connection "
+        "leveranse_pseudonym; this register's spec pseudonymises" in output
+    )
+    assert not (tmp_path / "drops" / "PHV").exists()

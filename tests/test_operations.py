@@ -479,9 +479,9 @@ def test_a_delivery_runs_on_celery_and_one_register_is_rerun_after_a_reservation
     stack, _ = services
     period_from = TODAY - timedelta(days=730)
     with explained(stack):
-        run_id = stack.trigger(
-            "define_population", {"period_from": str(period_from), "period_to": str(TODAY)}
-        )
+        # registers null: what a script sends for "all registers" (issue 7)
+        conf = {"registers": None, "period_from": str(period_from), "period_to": str(TODAY)}
+        run_id = stack.trigger("define_population", conf)
         assert stack.wait_for_run("define_population", run_id, RUN_TIMEOUT) == "success"
         tasks = stack.task_instances("define_population", run_id)
         phv = tasks["deliver_priority_3[PHV]"]
@@ -597,6 +597,45 @@ def test_an_operator_logs_in_and_sees_the_dags_and_the_trigger_form(services, tm
             # the Registers field offers the known codes (the multi-select's options)
             params = stack.api("GET", "/api/v2/dags/define_population/details")["params"]
             assert params["registers"]["schema"]["examples"] == ["PHV"]
+            # ... and is optional: left empty, the form sends null and triggers every register
+            assert "This field is required" not in form
+            required = _required_fields(browser)
+            assert "Full refresh" in required  # a checkbox: the mark is there to be seen
+            assert "Registers" not in required
+            known = {run["dag_run_id"] for run in stack.runs("define_population")}
+            browser.wait_for(DIALOG_TRIGGER)
+            run = _new_run(stack, "define_population", known, timeout=60)
+            assert run["conf"].get("registers") is None
+            assert stack.wait_for_run("define_population", run["dag_run_id"], RUN_TIMEOUT) == (
+                "success"
+            )
         except BaseException:
             print("screenshot:", browser.screenshot(tmp_path / "ui.png"))
             raise
+
+
+# The trigger dialog's submit button, by the UI's own test id: the page's "Trigger" button
+# stays behind the dialog, and other popovers of the page are dialogs too.
+DIALOG_TRIGGER = (
+    "(() => { const button = document.querySelector('[data-testid=trigger-dag-submit]');"
+    " if (button && !button.disabled) { button.click(); return true; } return false; })()"
+)
+
+
+def _required_fields(browser: Any) -> set[str]:
+    """The form's field labels that carry the required mark (a trailing "*")."""
+    labels = browser.evaluate(
+        "[...document.querySelectorAll('[role=dialog] label')].map(l => l.innerText.trim())"
+    )
+    return {label.removesuffix("*").strip() for label in labels if label.endswith("*")}
+
+
+def _new_run(stack: Any, dag_id: str, known: set[str], timeout: float) -> dict[str, Any]:
+    """The run of ``dag_id`` that is not among ``known``, once the API lists it."""
+    deadline = time.monotonic() + timeout
+    while not (new := [r for r in stack.runs(dag_id) if r["dag_run_id"] not in known]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no new {dag_id} run within {timeout} s")
+        time.sleep(1)
+    (run,) = new
+    return run
