@@ -15,8 +15,9 @@ manual run of this DAG has no events and writes nothing.
 file is parsed, so a new register is listened to after the DAG processor's next parse.
 
 **Failures.** A drop that cannot be described (its folder or manifest gone, a file of
-another size than its manifest says) fails the task and names it; the other events of the
-run still get their notices.
+another size than its manifest says) fails the task and names it, and an alert goes out as
+for a failed delivery (`LEVERANSE_ALERT_EMAIL`; always to the task log); the other events of
+the run still get their notices.
 """
 
 from etl.airflow_dag import notices_dag

@@ -317,6 +317,29 @@ def alert_on_failure(delivery: str, context: Context) -> None:
     )
 
 
+def alert_on_notice_failure(context: Context) -> None:
+    """The notices task failed: a register may be waiting for a drop it was not told about.
+
+    The reason names each drop without a notice (register, delivery, folder); the period is
+    the drop folder's, so the alert gives none of its own.
+    """
+    ti = context["ti"]
+    error = context.get("exception")
+    send_alert(
+        FailureAlert(
+            dag_id=ti.dag_id,
+            delivery="pick-up notices",
+            register=None,
+            period="the drops named in the reason",
+            reason=one_line(error) if isinstance(error, BaseException) else str(error or "unknown"),
+            task=ti.task_id,
+            run_id=ti.run_id,
+            try_number=ti.try_number,
+            log_url=ti.log_url,
+        )
+    )
+
+
 def audit_drops(settings: Settings) -> Reconciliation:
     """``leveranse audit --check`` at the end of a run, findings logged one per line.
 
@@ -619,7 +642,7 @@ def notices_dag(dag_id: str, doc_md: str) -> DAG:
         default_args={"owner": "leveranse"},
     )
     def notices_pipeline() -> None:
-        @task
+        @task(on_failure_callback=alert_on_notice_failure)
         def write_notices() -> list[str]:
             """Write the notice of each drop this run was triggered by; return their paths."""
             events = get_current_context()["triggering_asset_events"]

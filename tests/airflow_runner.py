@@ -56,11 +56,20 @@ def parse(out: Path) -> None:
                     "retries": t.retries,
                     "mapped": t.is_mapped,
                     "downstream": sorted(t.downstream_task_ids),
+                    "on_failure": _callback_names(t.on_failure_callback),
                 }
                 for t in dag.tasks
             },
         }
     out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+def _callback_names(callbacks: Any) -> list[str]:
+    """A task's callbacks by name: one callable, a list of them, or none."""
+    if callbacks is None:
+        return []
+    listed = callbacks if isinstance(callbacks, list) else [callbacks]
+    return [getattr(c, "__name__", type(c).__name__) for c in listed]
 
 
 def test(dag_id: str, out: Path, conf: dict[str, Any], logical_date: str | None) -> None:

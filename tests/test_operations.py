@@ -325,6 +325,8 @@ def test_drop_notices_is_documented_and_scheduled_on_the_drop_assets(parsed):
     assert notices["owner"] == "leveranse"
     assert notices["timetable"] == "AssetTriggeredTimetable"
     assert list(notices["tasks"]) == ["write_notices"]
+    # A drop a register was not told about is an operator's business: the failure alerts.
+    assert notices["tasks"]["write_notices"]["on_failure"] == ["alert_on_notice_failure"]
 
 
 @pytest.mark.parametrize("dag_id", DELIVERY_DAGS)
