@@ -140,6 +140,8 @@ def test_services_start_after_the_migration_and_workers_scale_out():
     # `--scale airflow-worker=3` needs a worker without a fixed name or host port
     worker = SERVICES["airflow-worker"]
     assert "container_name" not in worker and "ports" not in worker
+    # ... and one host name for all, so a new worker cleans what a dead one left in staging
+    assert worker["hostname"] == "leveranse-worker"
 
 
 def test_dags_registers_and_the_drop_folder_are_mounted_where_settings_point():
@@ -150,6 +152,9 @@ def test_dags_registers_and_the_drop_folder_are_mounted_where_settings_point():
         assert mounts[env["AIRFLOW__CORE__DAGS_FOLDER"]] == "./dags", name
         assert mounts[env["LEVERANSE_SPECS_DIR"]] == "./registers", name
         assert env["LEVERANSE_DROP_DIR"] in mounts, name
+        # required and chosen by the operator: a default under var/ is what make demo resets
+        drops = mounts[env["LEVERANSE_DROP_DIR"]]
+        assert re.fullmatch(r"\$\{LEVERANSE_DROP_HOST_DIR:\?[^}]+\}", drops), name
 
 
 def test_the_image_installs_the_project_with_the_pinned_constraints():
