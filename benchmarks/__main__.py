@@ -21,6 +21,7 @@ import os
 import shutil
 import statistics
 import sys
+import time
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -56,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
         help="a child above this RSS is stopped and reported as out of memory",
     )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per child")
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=1.0,
+        help="wait before each run until the 1-minute load average is below this",
+    )
+    parser.add_argument(
+        "--load-wait",
+        type=float,
+        default=1800,
+        help="seconds to wait for --max-load before running anyway (the load is recorded)",
+    )
     parser.add_argument(
         "--regenerate", action="store_true", help="drop and regenerate the chosen databases"
     )
@@ -108,6 +121,18 @@ def _output_rows(method: str, out: Path) -> int | None:
     return rows
 
 
+def _quiet(max_load: float, wait_seconds: float) -> float:
+    """The 1-minute load average once it is below max_load, or when wait_seconds are up.
+
+    The machine is shared: other work on the 2 cores would be measured with the run, so a
+    run waits for a quiet moment, and the load it started at goes into the table.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while (load := os.getloadavg()[0]) >= max_load and time.monotonic() < deadline:
+        time.sleep(10)
+    return load
+
+
 def _one(method: str, source: Source, period: str, args: argparse.Namespace) -> dict[str, Any]:
     start, end = PERIODS[period]
     runs = []
@@ -116,7 +141,7 @@ def _one(method: str, source: Source, period: str, args: argparse.Namespace) -> 
     for _ in range(args.repeat):
         shutil.rmtree(WORK_DIR, ignore_errors=True)
         WORK_DIR.mkdir(parents=True)
-        load.append(os.getloadavg()[0])
+        load.append(_quiet(args.max_load, args.load_wait))
         out = WORK_DIR / f"{method}.parquet"
         result = measure.run(
             _argv(method, source, start, end, out),

@@ -77,7 +77,8 @@ def write(results: dict[str, Any]) -> None:
         " each row says when it was measured. Times are wall seconds of one child process,",
         "memory its peak RSS (`ru_maxrss` from `wait4`); the database server's own memory is "
         "not included. *load*: the highest 1-minute load average as the row's runs started "
-        "(2 cores: above 2 means the runs shared the CPU with other work).",
+        "(2 cores: above 2 means the runs shared the CPU with other work); each run first "
+        "waits up to `--load-wait` seconds for it to fall below `--max-load` (default 1.0).",
         "Source data: `etl.synth.synthesize` (seed and date in benchmarks/data.py).",
         "",
         "## Machine",

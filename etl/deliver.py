@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -160,14 +161,18 @@ def _stage(
         pq.ParquetWriter(data_path, delivered_schema(spec), **PARQUET_OPTIONS) as data,
         pq.ParquetWriter(evidence_path, EVIDENCE_SCHEMA, **PARQUET_OPTIONS) as evidence,
     ):
-        for batch in run(conn, spec, parameters(spec, period, as_of), extraction):
-            shaped = shape(batch, spec, pseudonymiser)
-            invalid += shaped.invalid_fnr
-            end_before_start += shaped.end_before_start
-            if shaped.delivered.num_rows:
-                data.write_batch(shaped.delivered)
-                evidence.write_batch(shaped.evidence)
-                rows += shaped.delivered.num_rows
+        parts = run(conn, spec, parameters(spec, period, as_of), extraction)
+        # One row group per group of the query's result, however the rows were fetched
+        # (etl.extract.GROUP_RESULT_ROWS): a rerun writes the same bytes.
+        for _, group in groupby(parts, key=lambda part: part.group):
+            shaped = [shape(part.batch, spec, pseudonymiser) for part in group]
+            invalid += sum(s.invalid_fnr for s in shaped)
+            end_before_start += sum(s.end_before_start for s in shaped)
+            delivered = pa.concat_batches([s.delivered for s in shaped])
+            if delivered.num_rows:
+                data.write_batch(delivered)
+                evidence.write_batch(pa.concat_batches([s.evidence for s in shaped]))
+                rows += delivered.num_rows
                 faults.point("during_extraction")
     excluded = Counter({reason: extraction.excluded.get(reason, 0) for reason in EXCLUSION_REASONS})
     excluded["invalid_fnr"] = invalid

@@ -12,7 +12,7 @@ parameters: the SQL text depends only on how many there are, never on their valu
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -90,6 +90,18 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
 # The leading columns of every delivery query: a row kind (0 = count of left-out records,
 # 1 = a record), the reason and the count on kind-0 rows.
 _CONTROL_COLUMNS = 3
+
+# Rows fetched from the database at a time. A fetch is held as Python tuples (about 1.5 kB a
+# row) before it becomes Arrow, so this sets extraction's peak memory: 10,000 rows keep a
+# full year at 10 million episodes within 1.2x the peak at 1 million (50,000 rows: 1.47x).
+FETCH_ROWS = 10_000
+# The staged file's row groups follow the query's result, not the fetches: row group k holds
+# the delivered records among result rows [k * GROUP_RESULT_ROWS, (k + 1) * GROUP_RESULT_ROWS),
+# count rows included. A rerun with the same data must write the same bytes (the drop
+# compares checksums), whatever the fetch size. 50,000 because the first releases fetched
+# 50,000 rows at a time and wrote one row group per fetch: the drops they published come
+# out byte for byte the same (checked against commit 46beadf on both dialects).
+GROUP_RESULT_ROWS = 50_000
 
 
 @dataclass
@@ -188,23 +200,42 @@ def _to_batch(names: list[str], rows: list[Any]) -> pa.RecordBatch:
     )
 
 
+@dataclass(frozen=True)
+class Part:
+    """Records of the query's result that all belong to one row group of the staged file."""
+
+    group: int  # the window of GROUP_RESULT_ROWS result rows the records came from
+    batch: pa.RecordBatch
+
+
+def _windows(fetches: Iterable[Sequence[Any]], window: int) -> Iterator[tuple[int, Sequence[Any]]]:
+    """The fetched rows cut so that no piece straddles a window of ``window`` result rows,
+    each piece with the number of its window."""
+    position = 0
+    for rows in fetches:
+        offset = 0
+        while offset < len(rows):
+            group, into = divmod(position, window)
+            take = min(len(rows) - offset, window - into)
+            yield group, rows[offset : offset + take]
+            offset += take
+            position += take
+
+
 def run(
-    conn: Connection,
-    spec: Spec,
-    params: Mapping[str, Any],
-    extraction: Extraction,
-    batch_rows: int = 10_000,
-) -> Iterator[pa.RecordBatch]:
-    """Stream the records of the spec's delivery as Arrow batches of the raw columns.
+    conn: Connection, spec: Spec, params: Mapping[str, Any], extraction: Extraction
+) -> Iterator[Part]:
+    """Stream the records of the spec's delivery as Arrow batches of the raw columns, each
+    tagged with its row group (see GROUP_RESULT_ROWS).
 
     Counts of left-out records are added to ``extraction.excluded`` as they arrive (they come
-    first in the result). ``batch_rows`` sets the peak memory of extraction: a batch is held
-    as Python tuples before it becomes Arrow (about 1.5 kB a row), so 10,000 rows keep a full
-    year at 10 million episodes within 1.2x the peak at 1 million (50,000 rows: 1.47x).
+    first in the result). Rows are fetched FETCH_ROWS at a time (read when called, so a test
+    can vary it); the groups do not depend on it.
     """
     sql = render(spec.delivery, len(criteria(spec)))
     names = list(columns(spec.delivery))
-    for rows in stream(conn, sql, params, batch_rows):
+    fetches = stream(conn, sql, params, FETCH_ROWS)
+    for group, rows in _windows(fetches, GROUP_RESULT_ROWS):
         records = []
         for row in rows:
             if row[0] == 0:
@@ -212,4 +243,4 @@ def run(
             else:
                 records.append(row[_CONTROL_COLUMNS:])
         if records:
-            yield _to_batch(names, records)
+            yield Part(group, _to_batch(names, records))

@@ -16,12 +16,19 @@ values, so they are reduced to counts here and never stored or logged.
 
 from __future__ import annotations
 
+import gc
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import logging
 import os
+import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
@@ -41,6 +48,14 @@ from etl.spec import Spec
 log = logging.getLogger(__name__)
 
 _preload: threading.Thread | None = None
+_import_lock = threading.Lock()
+
+# Modules Great Expectations imports with itself that only expectations this project does
+# not use need (KL divergence, KS tests and their charts): scipy.stats (with scipy's linear
+# algebra, optimisation and spatial modules behind it) and altair. Imported lazily, they load
+# only if such an expectation ever runs. That takes 40 % off the import's CPU (5.0 s to
+# 3.0 s on these machines) and 77 MiB off its memory; the suite itself is unchanged.
+DEFERRED_MODULES = frozenset({"scipy.stats", "altair"})
 
 # The name validation reports give the key's uniqueness expectation (see ``_run``).
 UNIQUE_KEY = "expect_column_values_to_be_unique(_key)"
@@ -189,27 +204,84 @@ def check_frame(
     return frame
 
 
-def _great_expectations() -> ModuleType:
-    """The Great Expectations module, imported with its usage analytics off."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    # Its INFO lines (a hundred per run about registering functions) drown the delivery's own.
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    import great_expectations
+class _Deferred(importlib.abc.MetaPathFinder):
+    """Finds the DEFERRED_MODULES as the path finder would, with a loader that runs a module
+    only when one of its attributes is first used (importlib.util.LazyLoader)."""
 
-    return great_expectations
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name not in DEFERRED_MODULES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            spec.loader = importlib.util.LazyLoader(spec.loader)
+        return spec
+
+
+@contextmanager
+def _deferring() -> Iterator[None]:
+    """Import the DEFERRED_MODULES lazily while the block runs (modules imported before are
+    not affected; those deferred stay lazy, and load in full when first used)."""
+    finder = _Deferred()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while the block runs, then freeze what survived.
+
+    Importing Great Expectations creates about 180,000 objects that live as long as the
+    process: with the collector on, the import's own collections scan them again and again,
+    and the interpreter's teardown walks them once more at exit. Paused for the import and
+    frozen after it (gc.freeze: moved to a generation no collection visits), they cost
+    neither. The freeze takes in everything alive at that moment, the delivery's own objects
+    too: reference counting still frees those that are not part of a cycle, and a cycle among
+    them lives until the process ends, which a delivery's process soon does. CPU of the
+    import with deferred modules, exit included: 3.6 s, 3.1 s frozen, 2.7 s paused and
+    frozen (measured 2026-11-26, against 5.9 s for a plain import).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.freeze()
+
+
+def _great_expectations() -> ModuleType:
+    """The Great Expectations module, imported with its usage analytics off.
+
+    The first call imports it, with the DEFERRED_MODULES lazy and the collector paused;
+    a call from another thread meanwhile waits for that import to finish.
+    """
+    with _import_lock:
+        if "great_expectations" in sys.modules:
+            return importlib.import_module("great_expectations")
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+        # Its INFO lines (a hundred per run about registering functions) drown the delivery's.
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        with _deferring(), _collector_paused():
+            return importlib.import_module("great_expectations")
 
 
 def preload_great_expectations() -> None:
     """Start importing Great Expectations in a background thread; a second call does nothing.
 
-    The import costs about 6-7 s of CPU on these machines (more than a nightly delivery's
-    query and writing together), and a delivery spends its extraction mostly waiting for the
-    source database, with the GIL released. Started before the query, the import runs while
-    the main thread waits instead of after it. Validation's own ``import`` then finds the
-    module loaded, or waits on the import lock for the rest; an import that failed in the
-    thread fails again there with its real error. The thread is not a daemon, so a run that
-    fails early lets the import finish before the interpreter exits rather than tearing it
-    down half way.
+    The import costs about 3 s of CPU on these machines even as ``_great_expectations``
+    does it (more than a nightly delivery's query and writing together), and a delivery
+    spends its extraction mostly waiting for the source database, with the GIL released.
+    Started before the query, the import runs while the main thread waits instead of after
+    it. Validation's own call then finds the module loaded, or waits for the rest; an import
+    that failed in the thread is tried again there and fails with its real error. The thread
+    is not a daemon, so a run that fails early lets the import finish before the interpreter
+    exits rather than tearing it down half way.
     """
     global _preload
     if _preload is None:

@@ -442,3 +442,32 @@ def test_source_anomalies_are_delivered_counted_or_ignored(source, tmp_path):
     rows = {row["record_id"]: row for row in delivered_rows(result)}
     assert rows[null_code]["diagnoses"] == ["F200"]
     assert manifest_of(result)["anomalies"] == {"end_before_start": 1}
+
+
+def test_row_groups_follow_the_query_not_the_fetch_size(source, tmp_path, monkeypatch):
+    """A row group holds the records of a fixed window of the query's result (count rows
+    included), so the same delivery fetched in pieces of any size is the same file, byte for
+    byte, and a rerun finds it unchanged. Fetching a whole window at a time is how the first
+    releases wrote (one fetch, one row group): the reference."""
+    monkeypatch.setattr("etl.extract.GROUP_RESULT_ROWS", 7)
+    reserved = source.person()
+    source.episode(reserved)
+    source.reserve(reserved, "TESTPOP", "OPT_OUT", "2024-01-01 00:00:00")  # one count row
+    for i in range(20):
+        source.episode(source.person() if i != 8 else "1234567890")  # result row 9 invalid
+    specs = write_spec(tmp_path / "specs", **population_spec())
+
+    files = {}
+    for fetch in (7, 3, 5, 1000):
+        monkeypatch.setattr("etl.extract.FETCH_ROWS", fetch)
+        result = run_delivery(settings_for(source.url, tmp_path / f"fetch_{fetch}", specs))
+        files[fetch] = result.path / f"TESTPOP_population_{result.period.label}.parquet"
+
+    reference = pq.ParquetFile(files[7]).metadata
+    groups = [reference.row_group(i).num_rows for i in range(reference.num_row_groups)]
+    # result rows 0-6: the count row and 6 records; 7-13: 7 records, one invalid; 14-20: 7
+    assert groups == [6, 6, 7]
+    assert {path.read_bytes() for path in files.values()} == {files[7].read_bytes()}
+    monkeypatch.setattr("etl.extract.FETCH_ROWS", 3)
+    rerun = run_delivery(settings_for(source.url, tmp_path / "fetch_7", specs))
+    assert (rerun.status, rerun.version) == ("unchanged", 1)
