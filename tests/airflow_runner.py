@@ -113,7 +113,7 @@ def test(dag_id: str, out: Path, conf: dict[str, Any], logical_date: str | None)
     out.write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
-def pseudonym_key(out: Path, fnr: str = "01010112345") -> None:
+def pseudonym_key(out: Path, fnr: str = "01810112345") -> None:
     """Resolve the key as a delivery task does; report a pseudonym made with it, or the refusal.
 
     The report never holds the key: the test recomputes the pseudonym from the key it set.

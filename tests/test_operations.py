@@ -187,7 +187,7 @@ def _alert(reason: str) -> FailureAlert:
 def test_an_alert_names_register_delivery_period_and_reason_without_identity_numbers():
     reason = (
         "PHV: OperationalError: duplicate key value violates unique constraint, "
-        "Key (fnr)=(01017012345) already exists"
+        "Key (fnr)=(01817012345) already exists"
     )
     subject, body = alert_message(_alert(reason))
 
@@ -236,8 +236,8 @@ def _publish(drop_dir: Path, rows: list[str]) -> drop.Published:
 
 
 def test_a_notice_names_the_drop_its_files_and_checksums_and_never_data(tmp_path):
-    first = _publish(tmp_path, ["01017012345", "02028054321"])
-    second = _publish(tmp_path, ["01017012345"])  # a reservation arrived: version 2
+    first = _publish(tmp_path, ["01817012345", "02828054321"])
+    second = _publish(tmp_path, ["01817012345"])  # a reservation arrived: version 2
 
     path = write_notice(tmp_path, "PHV", "population", second.path.name)
 
@@ -268,14 +268,14 @@ def test_a_notice_names_the_drop_its_files_and_checksums_and_never_data(tmp_path
     ],
 )
 def test_a_notice_is_only_written_for_a_published_drop(tmp_path, code, delivery, folder, error):
-    _publish(tmp_path, ["01017012345"])
+    _publish(tmp_path, ["01817012345"])
     with pytest.raises(error):
         build_notice(tmp_path, code, delivery, folder)
     assert not (tmp_path / "_notices").exists()
 
 
 def test_a_notice_refuses_a_file_that_is_not_the_published_one(tmp_path):
-    published = _publish(tmp_path, ["01017012345"])
+    published = _publish(tmp_path, ["01817012345"])
     data = published.path / published.files[0]["name"]
     data.chmod(0o640)
     data.write_bytes(data.read_bytes() + b"tampered")
