@@ -9,8 +9,11 @@ wall time and peak RSS are measured (benchmarks.measure):
 - ``naive``: whole tables into pandas, filtered and merged there (benchmarks.baselines).
 
 Source databases are generated once per dialect and size and cached (benchmarks.data).
-Every result is kept in var/bench/results.json, keyed by cell, so runs of subsets add up;
-benchmarks/RESULTS.md is rewritten from all of them after every cell.
+Every result is kept in benchmarks/results.json, keyed by cell, so runs of subsets add up;
+benchmarks/RESULTS.md is rewritten from all of them after every cell. The store is part of
+the repository, not of var/: a partial run on a fresh clone (one size, one dialect) replaces
+only its own cells and keeps the figures measured before, which RESULTS.md and the README
+quote.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 from benchmarks import measure, report
 from benchmarks.data import BENCH_DIR, TODAY, Source
 
-RESULTS_JSON = BENCH_DIR / "results.json"
+RESULTS_JSON = Path(__file__).resolve().parent / "results.json"
 WORK_DIR = BENCH_DIR / "work"
 PERIODS: dict[str, tuple[date, date]] = {
     "year": (TODAY - timedelta(days=365), TODAY),
@@ -174,6 +177,7 @@ def _one(method: str, source: Source, period: str, args: argparse.Namespace) -> 
         "load": max(load),
         "runs": [asdict(r) | {"stderr_tail": ""} for r in runs],
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": report.cpu(),
     }
 
 
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 for method in args.methods.split(","):
                     cell = _one(method, source, period, args)
                     results["cells"][f"{dialect}|{size}|{period}|{method}"] = cell
-                    RESULTS_JSON.write_text(json.dumps(results, indent=1), encoding="utf-8")
+                    RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
                     report.write(results)
             if args.drop_databases:
                 source.drop()

@@ -1,4 +1,4 @@
-"""benchmarks/RESULTS.md, written from every stored result (var/bench/results.json)."""
+"""benchmarks/RESULTS.md, written from every stored result (benchmarks/results.json)."""
 
 from __future__ import annotations
 
@@ -23,21 +23,33 @@ Targets (issue 6), read from the table:
 """
 
 
-def _machine() -> list[str]:
-    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
-    cpu = next(
+def cpu() -> str:
+    """This machine's processor as /proc/cpuinfo names it, with its core count.
+
+    Stored with every result: sessions run on different machines of the same kind, and a
+    time is only comparable with times measured on the same processor.
+    """
+    model = next(
         (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
          if ln.startswith("model name")),
         platform.processor(),
     )  # fmt: skip
+    return f"{os.cpu_count()} cores, {model}"
+
+
+def _machine(results: dict[str, Any]) -> list[str]:
+    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
     packages = ", ".join(
         f"{name} {version(name)}"
         for name in ("pandas", "pyarrow", "numpy", "sqlalchemy", "psycopg", "great-expectations")
     )
+    seen = sorted({c["cpu"] for c in results["cells"].values() if c.get("cpu")})
     return [
-        f"- CPU: {os.cpu_count()} cores ({cpu}); memory {int(meminfo[1]) / 2**20:.1f} GiB",
+        f"- This run: {cpu()}; memory {int(meminfo[1]) / 2**20:.1f} GiB",
         f"- Python {platform.python_version()} on {platform.platform()}",
         f"- {packages}; SQLite {sqlite3.sqlite_version}; PostgreSQL: see the source rows",
+        f"- Processors in the table (column *cpu*; compare times only within one): "
+        f"{'; '.join(seen) or '-'}",
     ]
 
 
@@ -83,7 +95,7 @@ def write(results: dict[str, Any]) -> None:
         "",
         "## Machine",
         "",
-        *_machine(),
+        *_machine(results),
         "",
         "## Sources",
         "",
@@ -104,21 +116,22 @@ def write(results: dict[str, Any]) -> None:
         "",
         "| dialect | episodes | period | rows | delivery | raw export | naive pandas | "
         "delivery / raw | delivery / naive | peak delivery | peak raw | peak naive | load | "
-        "measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "measured | cpu |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dialect, size, period in keys:
         got = {m: cells.get(f"{dialect}|{size}|{period}|{m}") for m in ("delivery", "raw", "naive")}
         rows = next((c["rows"] for c in got.values() if c and c.get("rows") is not None), None)
         when = max((c["measured_at"][:10] for c in got.values() if c), default="")
         load = max((c.get("load", 0.0) for c in got.values() if c), default=0.0)
+        cpus = " / ".join(sorted({c.get("cpu", "?") for c in got.values() if c}))
         lines.append(
             f"| {dialect} | {SIZES_LABEL.get(int(size), size)} | {period} | "
             f"{'-' if rows is None else f'{rows:,}'} | "
             f"{_seconds(got['delivery'])} | {_seconds(got['raw'])} | {_seconds(got['naive'])} | "
             f"{_ratio(got['delivery'], got['raw'])} | {_ratio(got['delivery'], got['naive'])} | "
             f"{_memory(got['delivery'])} | {_memory(got['raw'])} | {_memory(got['naive'])} | "
-            f"{load:.1f} | {when} |"
+            f"{load:.1f} | {when} | {cpus} |"
         )
     lines += ["", TARGETS, NOTES_MARKER]
     old = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else ""
