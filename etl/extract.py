@@ -173,6 +173,7 @@ def parameters(spec: Spec, period: Period, as_of: datetime) -> dict[str, Any]:
         "main_only": int(spec.selection.diagnosis_position == "main"),
         "honour_opt_out": int(spec.reservations.registry_opt_out),
         "pseudonymise": int(spec.pseudonymises),
+        "with_follow_up": int(spec.follow_up is not None),
     }
     if spec.follow_up is not None:
         params["window_days"] = spec.follow_up.window_days

@@ -278,6 +278,10 @@ def parse_spec(document: Any, path: Path, sha256: str = "") -> Spec:
         )
         if not follow_up.ncsp:
             raise r.fail("follow_up.ncsp", fu["ncsp"], "must list at least one code")
+        if "NPR" not in sources:  # else the follow-ups would silently never come
+            raise r.fail(
+                "sources", top["sources"], "must include NPR: follow-up codes are NPR procedures"
+            )
     elif "follow_up" in top:
         raise r.fail("follow_up", top["follow_up"], f"is not used by delivery {delivery}")
 

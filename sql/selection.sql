@@ -13,17 +13,28 @@
 WITH criterion (kind, lo, hi, negate) AS (
     VALUES ('-', '-', '-', 0){{ criteria }}
 ),
+-- The period's NPR records; `selected` says whether the spec's sectors and min_age admit
+-- one to the selection. Follow-ups (new_information) are every NPR record of the period
+-- with a follow-up code, whatever its sector or the patient's age (CONTRACT.md section 4),
+-- so with follow-up criteria the records the selection's filters leave out stay here too.
 npr_period AS MATERIALIZED (
-    SELECT e.*
-    FROM npr_episode e
-    WHERE :use_npr = 1
-      AND e.received_at >= :period_start AND e.received_at < :period_end
-      AND (:any_sector = 1 OR e.sector IN (SELECT c.lo FROM criterion c WHERE c.kind = 'sector'))
-      AND (CAST(:min_age AS INTEGER) IS NULL
-           OR date_part('year', e.start_date) - e.birth_year >= CAST(:min_age AS INTEGER))
+    SELECT p.*
+    FROM (
+        SELECT e.*,
+               CASE WHEN (:any_sector = 1
+                          OR e.sector IN (SELECT c.lo FROM criterion c WHERE c.kind = 'sector'))
+                     AND (CAST(:min_age AS INTEGER) IS NULL
+                          OR date_part('year', e.start_date) - e.birth_year
+                             >= CAST(:min_age AS INTEGER))
+                    THEN 1 ELSE 0 END AS selected
+        FROM npr_episode e
+        WHERE :use_npr = 1
+          AND e.received_at >= :period_start AND e.received_at < :period_end
+    ) p
+    WHERE p.selected = 1 OR :with_follow_up = 1
 ),
 kpr_period AS MATERIALIZED (
-    SELECT k.*
+    SELECT k.*, 1 AS selected
     FROM kpr_contact k
     WHERE :use_kpr = 1
       AND k.received_at >= :period_start AND k.received_at < :period_end
@@ -31,30 +42,31 @@ kpr_period AS MATERIALIZED (
            OR date_part('year', k.contact_date) - k.birth_year >= CAST(:min_age AS INTEGER))
 ),
 -- Every code of the period's records, normalised (upper case, A-Z and 0-9 only) and tagged:
--- part D diagnosis or P procedure, the code system as a criterion kind, main or not, and
--- the code's date (a procedure's procedure_date, else the record's start date). Used only
--- to decide which records qualify. Materialised on purpose: PostgreSQL estimates one row
--- for the filtered criterion list and may loop over the criteria outside this scan, which
+-- part D diagnosis or P procedure, the code system as a criterion kind, main or not, the
+-- code's date (a procedure's procedure_date, else the record's start date), and whether the
+-- selection's filters admit its record. Used only to decide which records qualify (or
+-- carry a follow-up code). Materialised on purpose: PostgreSQL estimates one row for the
+-- filtered criterion list and may loop over the criteria outside this scan, which
 -- recomputed, not re-read, would repeat these joins once per criterion (a night at 10M
 -- episodes took 1.8-2.1 s instead of 0.8-0.9 s).
 record_code AS MATERIALIZED (
     SELECT 'NPR' AS source, d.episode_id AS record_id, 'D' AS part, 'icd10' AS kind,
            CASE WHEN d.is_main = TRUE THEN 1 ELSE 0 END AS is_main,
            regexp_replace(upper(d.code), '[^A-Z0-9]', '', 'g') AS code,
-           e.start_date AS code_date
+           e.start_date AS code_date, e.selected AS selected
     FROM npr_diagnosis d JOIN npr_period e ON e.episode_id = d.episode_id
     WHERE d.code IS NOT NULL
     UNION ALL
     SELECT 'NPR', p.episode_id, 'P', lower(p.code_system), 0,
            regexp_replace(upper(p.code), '[^A-Z0-9]', '', 'g'),
-           COALESCE(p.procedure_date, e.start_date)
+           COALESCE(p.procedure_date, e.start_date), e.selected
     FROM npr_procedure p JOIN npr_period e ON e.episode_id = p.episode_id
     WHERE p.code IS NOT NULL
     UNION ALL
     SELECT 'KPR', d.contact_id, 'D', lower(replace(d.code_system, '-', '')),
            CASE WHEN d.is_main = TRUE THEN 1 ELSE 0 END,
            regexp_replace(upper(d.code), '[^A-Z0-9]', '', 'g'),
-           k.contact_date
+           k.contact_date, k.selected
     FROM kpr_diagnosis d JOIN kpr_period k ON k.contact_id = d.contact_id
     WHERE d.code IS NOT NULL
 ),
@@ -66,7 +78,8 @@ qualifying_code AS MATERIALIZED (
       ON inc.kind = rc.kind AND inc.negate = 0
      AND substr(rc.code, 1, length(inc.lo)) >= inc.lo
      AND substr(rc.code, 1, length(inc.hi)) <= inc.hi
-    WHERE (rc.part = 'P' OR :main_only = 0 OR rc.is_main = 1)
+    WHERE rc.selected = 1
+      AND (rc.part = 'P' OR :main_only = 0 OR rc.is_main = 1)
       AND NOT EXISTS (
           SELECT 1 FROM criterion exc
           WHERE exc.kind = rc.kind AND exc.negate = 1

@@ -8,7 +8,7 @@ record not a new case.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -32,14 +32,8 @@ def source(db_url) -> Source:
 
 def amputation(source: Source, person: str, day: str | None, code: str = "NFQ19", **kw) -> int:
     """An episode received in the period with one amputation dated ``day``."""
-    return source.episode(
-        person,
-        sector="SOM",
-        specialty="040",
-        diagnoses=["I7021"],
-        procedures=[(code, "NCSP", day)],
-        **kw,
-    )
+    fields = {"sector": "SOM", "specialty": "040"} | kw
+    return source.episode(person, diagnoses=["I7021"], procedures=[(code, "NCSP", day)], **fields)
 
 
 def vascular(source: Source, person: str, code: str, system: str, day: str) -> int:
@@ -124,6 +118,47 @@ def test_new_cases_span_both_code_systems_and_respect_the_match_window(source, t
     row = rows[(endovascular, "new_case", None)]
     assert row["procedures"] == ["PDZ12B"]
     assert row["case_id"] is None
+
+
+def test_the_selections_sector_and_age_filters_choose_new_cases_not_follow_ups(source, tmp_path):
+    """CONTRACT.md section 4: a follow-up is every NPR record of the period with a follow-up
+    code in a case's window, whatever its sector or the patient's age; `sectors` and
+    `min_age` belong to the selection, so they decide only which records are new cases."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    norkar = (REGISTERS / "norkar.yaml").read_text(encoding="utf-8")
+    filters = "  diagnosis_position: any\n  sectors: [SOM]\n  min_age: 18\n"
+    (specs / "norkar.yaml").write_text(
+        norkar.replace("  diagnosis_position: any\n", filters), encoding="utf-8"
+    )
+    adult = source.person()
+    source.listed("NORKAR", adult, "K-1", INDEX)
+    other_sector = amputation(source, adult, "2023-08-01", sector="PHB")
+    somatic = amputation(source, adult, "2023-09-01")
+    child = source.person(born=date(2010, 4, 2))
+    source.listed("NORKAR", child, "K-2", INDEX)
+    young = amputation(source, child, "2023-08-01", birth_year=2010)
+    unlisted = source.person()
+    new_case = vascular(source, unlisted, "PDG10", "NCSP", "2024-03-05")
+    outside_sectors = source.episode(
+        unlisted, sector="PHB", diagnoses=["I702"], procedures=[("PDG10", "NCSP", "2024-03-06")]
+    )
+    too_young = source.episode(
+        source.person(born=date(2010, 4, 2)),
+        sector="SOM",
+        birth_year=2010,
+        diagnoses=["I702"],
+        procedures=[("PDG10", "NCSP", "2024-03-06")],
+    )
+    result = run_delivery(settings_for(source.url, tmp_path, specs), code="NORKAR")
+    assert set(rows_by(result)) == {
+        (other_sector, "follow_up", "K-1"),
+        (somatic, "follow_up", "K-1"),
+        (young, "follow_up", "K-2"),
+        (new_case, "new_case", None),
+    }
+    assert all(key[0] not in (outside_sectors, too_young) for key in rows_by(result))
+    assert manifest_of(result)["validation"]["success"] is True
 
 
 def test_reserved_person_gets_nothing_and_is_withdrawn(source, tmp_path):

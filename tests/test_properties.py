@@ -879,6 +879,8 @@ def specs(
     sources = draw(
         st.sampled_from((["NPR", "KPR"], ["NPR", "KPR"], ["NPR", "KPR"], ["NPR"], ["KPR"]))
     )
+    if delivery == "new_information" and "NPR" not in sources:
+        sources = ["NPR", "KPR"]  # section 4: follow-ups are NPR records (etl.spec refuses KPR)
     primary = draw(st.sampled_from(("icd10", "icd10", "icd10", "icpc2", "ncsp", "ncrp")))
     selection: dict[str, Any] = {}
     for system, pool in PATTERNS.items():

@@ -97,6 +97,22 @@ def test_new_information_needs_follow_up(tmp_path):
         load_spec(path)
 
 
+def test_new_information_from_kpr_alone_is_refused_since_follow_ups_are_npr(tmp_path):
+    document = changed("delivery", "new_information")
+    document |= {
+        "sources": ["KPR"],
+        "follow_up": {"ncsp": ["NFQ19"], "window_days": 30},
+    }
+    path = write(tmp_path, document)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "'sources'" in message and "KPR" in message and "NPR procedures" in message
+    document["sources"] = ["NPR", "KPR"]
+    assert load_spec(write(tmp_path, document)).follow_up is not None
+
+
 def test_selection_must_select_from_the_sources(tmp_path):
     document = changed("selection", {"icpc2": ["P72"]})
     with pytest.raises(SpecError, match=r"'selection'.*selects no code"):
