@@ -32,7 +32,9 @@ period. Unchanged data writes nothing; changed data is published beside the old 
 exponential back-off; a bad spec, failed validation or a missing pseudonymisation key fail
 at once. A register whose spec pseudonymises takes the key from `LEVERANSE_PSEUDONYM_KEY`,
 else from the password of the Airflow connection `leveranse_pseudonym`. The `summary` task
-lists every register's outcome and fails the run if any failed.
+lists every register's outcome and fails the run if any failed. A spec file that fails
+validation stops only its own register: the others are delivered, and `summary` fails the
+run and alerts, naming the file, key and value.
 
 **Asset events, alerts, audit.** Each new drop emits the asset event
 `drop/<CODE>/<delivery>` (consumed by `drop_notices`; an unchanged rerun emits none); a

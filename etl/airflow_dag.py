@@ -94,7 +94,7 @@ from etl.notify import FailureAlert, send_alert, write_notice
 from etl.pseudonym import KEY_CONNECTION, KEY_VARIABLE, REFUSAL, PseudonymKeyMissing, checked_key
 from etl.redact import one_line
 from etl.settings import Settings
-from etl.spec import DELIVERY_TYPES, SpecError, find_spec, load_specs
+from etl.spec import DELIVERY_TYPES, SpecError, find_spec, read_specs
 
 if TYPE_CHECKING:
     from etl.reconcile import Reconciliation
@@ -120,6 +120,10 @@ class AuditMismatch(AirflowFailException):
     """``leveranse audit --check`` found the drops and the disclosure log disagreeing."""
 
 
+class SpecsUnusable(AirflowFailException):
+    """Spec files that could not be used: their registers were not delivered, the others were."""
+
+
 def drop_asset(code: str, delivery: str) -> Asset:
     """The Airflow asset of one register's drops of one delivery type.
 
@@ -139,14 +143,10 @@ def drops_alias(delivery: str) -> AssetAlias:
 def _known_codes(delivery: str) -> list[str]:
     """Codes of this type's registers, as suggestions in the trigger form only.
 
-    This is the one place that reads specs at parse time. A broken spec must not break the
-    DAG: the form then offers no suggestions and ``list_registers`` reports the error.
+    Read when the DAG file is parsed. A broken spec must not break the DAG: the form then
+    leaves out that register, and every run reports the file (``list_registers``).
     """
-    try:
-        specs = load_specs(Settings.resolve().specs_dir)
-    except SpecError as exc:
-        log.warning("trigger form without register suggestions: %s", exc)
-        return []
+    specs = read_specs(Settings.resolve().specs_dir).specs
     return sorted(code for code, spec in specs.items() if spec.delivery == delivery)
 
 
@@ -462,9 +462,10 @@ def delivery_dag(delivery: str, dag_id: str, doc_md: str) -> DAG:
     def on_failure(context: Context) -> None:
         alert_on_failure(delivery, context)
 
-    def on_audit_failure(context: Context) -> None:
-        """The summary alerts for its audit only: failed registers alerted from their tasks."""
-        if isinstance(context.get("exception"), AuditMismatch):
+    def on_summary_failure(context: Context) -> None:
+        """The summary alerts for its audit and for unusable spec files, which no register
+        task stands for; failed registers alerted from their own tasks."""
+        if isinstance(context.get("exception"), (AuditMismatch, SpecsUnusable)):
             alert_on_failure(delivery, context)
 
     @dag(
@@ -481,18 +482,29 @@ def delivery_dag(delivery: str, dag_id: str, doc_md: str) -> DAG:
     )
     def delivery_pipeline() -> None:
         @task(on_failure_callback=on_failure)
-        def list_registers() -> list[dict[str, Any]]:
-            """This type's registers (or the Params' selection), highest priority first."""
+        def list_registers() -> dict[str, Any]:
+            """This type's registers (or the Params' selection), highest priority first, and
+            the spec files that could not be used.
+
+            A broken spec file stops only its own register: the others are delivered, and
+            the summary fails the run naming the file. Asking for a register whose file is
+            broken fails here, with the file's error.
+            """
             context = get_current_context()
-            try:
-                specs = load_specs(Settings.resolve().specs_dir)
-            except SpecError as exc:
-                raise AirflowFailException(f"the register specs cannot be read: {exc}") from None
-            own = {code: spec for code, spec in specs.items() if spec.delivery == delivery}
+            folder = read_specs(Settings.resolve().specs_dir)
+            spec_errors = [str(error) for error in folder.errors_for(delivery)]
+            for error in spec_errors:
+                log.error("spec file not used: %s", error)
+            own = {c: spec for c, spec in folder.specs.items() if spec.delivery == delivery}
             wanted = list(dict.fromkeys(context["params"]["registers"] or [])) or sorted(own)
+            blocked = [code for code in wanted if code in folder.blocked]
+            if blocked:
+                raise AirflowFailException(
+                    "; ".join(f"{code}: {folder.blocked[code]}" for code in blocked)
+                )
             unknown = [code for code in wanted if code not in own]
             if unknown:
-                others = {c: specs[c].delivery for c in unknown if c in specs}
+                others = {c: folder.specs[c].delivery for c in unknown if c in folder.specs}
                 detail = "; ".join(f"{c} is a {d} register" for c, d in others.items())
                 raise AirflowFailException(
                     f"Param registers names {', '.join(unknown)}, not {delivery} register(s) "
@@ -509,14 +521,15 @@ def delivery_dag(delivery: str, dag_id: str, doc_md: str) -> DAG:
                 as_of or "now",
             )
             registers = [{"code": code, "priority": own[code].priority} for code in wanted]
-            return sorted(registers, key=lambda r: (r["priority"], r["code"]))
+            return {
+                "registers": sorted(registers, key=lambda r: (r["priority"], r["code"])),
+                "spec_errors": spec_errors,
+            }
 
         @task
-        def registers_of_class(
-            registers: list[dict[str, Any]], priority: int
-        ) -> list[dict[str, Any]]:
+        def registers_of_class(listing: dict[str, Any], priority: int) -> list[dict[str, Any]]:
             """One priority class of the list: what one mapped delivery task expands over."""
-            return [r for r in registers if r["priority"] == priority]
+            return [r for r in listing["registers"] if r["priority"] == priority]
 
         @task(
             map_index_template="{{ task.op_kwargs['register']['code'] }}",
@@ -565,11 +578,11 @@ def delivery_dag(delivery: str, dag_id: str, doc_md: str) -> DAG:
                 )
             return outcome
 
-        @task(trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=on_audit_failure)
-        def summary(
-            registers: list[dict[str, Any]] | None, results: list[list[dict[str, Any]]]
-        ) -> None:
-            """One line per register, then the audit; fail the run if either found a fault."""
+        @task(trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=on_summary_failure)
+        def summary(listing: dict[str, Any] | None, results: list[list[dict[str, Any]]]) -> None:
+            """One line per register, then the audit; fail the run if either found a fault
+            or a spec file could not be used."""
+            registers = None if listing is None else listing["registers"]
             missing = [] if registers is None else _report(registers, results)
             audit = audit_drops(Settings.resolve())
             if not audit.ok:
@@ -580,11 +593,20 @@ def delivery_dag(delivery: str, dag_id: str, doc_md: str) -> DAG:
                 )
             if registers is None:
                 raise AirflowFailException("no register list: see the task list_registers")
-            if missing:
-                raise AirflowFailException(
-                    f"{len(missing)} of {len(registers)} {delivery} register(s) not delivered: "
-                    f"{', '.join(missing)}"
+            failed = (
+                f"{len(missing)} of {len(registers)} {delivery} register(s) not delivered: "
+                f"{', '.join(missing)}"
+                if missing
+                else ""
+            )
+            if listing["spec_errors"]:
+                raise SpecsUnusable(
+                    f"{len(listing['spec_errors'])} spec file(s) not used, their registers not "
+                    f"delivered: {' | '.join(listing['spec_errors'])}"
+                    + (f"; also {failed}" if failed else "")
                 )
+            if failed:
+                raise AirflowFailException(failed)
 
         registers = list_registers()
         results = []
@@ -608,16 +630,14 @@ def _known_registers() -> dict[str, tuple[str, str]]:
 
     Read when the DAG file is parsed, like the trigger form's suggestions: a new register
     is listened to once the DAG processor has parsed its spec. A broken spec must not
-    break the DAG, so it then listens to nothing and says why.
+    break the DAG: it listens to the other registers and says which file it skipped.
     """
-    try:
-        specs = load_specs(Settings.resolve().specs_dir)
-    except SpecError as exc:
-        log.warning("drop notices listen to no register: %s", exc)
-        return {}
+    folder = read_specs(Settings.resolve().specs_dir)
+    for error, _, _ in folder.errors:
+        log.warning("drop notices skip a spec file: %s", error)
     return {
         drop_asset(code, spec.delivery).name: (code, spec.delivery)
-        for code, spec in sorted(specs.items())
+        for code, spec in sorted(folder.specs.items())
     }
 
 

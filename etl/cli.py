@@ -145,14 +145,11 @@ def _load_list(args: argparse.Namespace) -> int:
     from etl.register_list import load_list
     from etl.settings import Settings
     from etl.source import create_schema, make_engine
-    from etl.spec import SpecError, load_specs
+    from etl.spec import read_specs
 
     settings = Settings.resolve(source_url=args.source, specs_dir=args.specs)
-    try:
-        known = load_specs(settings.specs_dir)
-    except SpecError:
-        known = None  # a broken spec elsewhere is the run's problem, not the list's
-    if known is not None and args.code not in known:
+    folder = read_specs(settings.specs_dir)  # a broken spec is the run's problem, not the list's
+    if args.code not in folder.specs and args.code not in folder.blocked:
         log.warning(
             "%s has no spec in %s: check the register code (the list is loaded anyway)",
             args.code,

@@ -328,22 +328,75 @@ def load_spec(path: Path) -> Spec:
     return parse_spec(document, path, hashlib.sha256(raw).hexdigest())
 
 
-def load_specs(specs_dir: Path) -> dict[str, Spec]:
-    """Every spec in a folder, by register code; two files with one code is an error."""
-    specs: dict[str, Spec] = {}
+@dataclass(frozen=True)
+class SpecFolder:
+    """A folder of specs read file by file: the usable ones, and why the others are not.
+
+    One bad file must not stop every register's nightly delivery, so each file is read on
+    its own. A register is usable when its file is valid and no other file claims its code:
+    where two files claim one code, valid or not, neither is used, since which one was
+    approved cannot be told from here.
+    """
+
+    specs: dict[str, Spec]
+    # Codes a broken or duplicate file claims, with the error that blocks them.
+    blocked: dict[str, SpecError]
+    # Every unusable file, each with the (code, delivery) it claims where that can be read.
+    errors: tuple[tuple[SpecError, str | None, str | None], ...]
+
+    def errors_for(self, delivery: str) -> list[SpecError]:
+        """The errors that may concern a delivery type: its own registers' and those whose
+        file is too broken to tell which type it is."""
+        return [e for e, _, claimed in self.errors if claimed in (None, delivery)]
+
+
+def _claimed(path: Path) -> tuple[str | None, str | None]:
+    """The code and delivery a broken file means to have, read leniently (None where not)."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    code, delivery = document.get("code"), document.get("delivery")
+    return (
+        code.strip() if isinstance(code, str) and code.strip() else None,
+        delivery if delivery in DELIVERY_TYPES else None,
+    )
+
+
+def read_specs(specs_dir: Path) -> SpecFolder:
+    """Every spec file in a folder, each validated on its own (see SpecFolder)."""
     files = sorted(Path(specs_dir).glob("*.yaml")) + sorted(Path(specs_dir).glob("*.yml"))
+    valid: dict[str, list[Spec]] = {}
+    errors: list[tuple[SpecError, str | None, str | None]] = []
     for path in files:
-        spec = load_spec(path)
-        if spec.code in specs:
-            raise SpecError(path, "code", spec.code, f"is also the code of {specs[spec.code].path}")
-        specs[spec.code] = spec
-    return specs
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            errors.append((exc, *_claimed(path)))
+            continue
+        valid.setdefault(spec.code, []).append(spec)
+    blocked = {code: exc for exc, code, _ in errors if code is not None}
+    specs: dict[str, Spec] = {}
+    for code, found in valid.items():
+        for other in found[1:]:
+            duplicate = SpecError(other.path, "code", code, f"is also the code of {found[0].path}")
+            errors.append((duplicate, code, other.delivery))
+            blocked.setdefault(code, duplicate)
+        if code in blocked:
+            continue
+        specs[code] = found[0]
+    return SpecFolder(specs, blocked, tuple(errors))
 
 
 def find_spec(specs_dir: Path, code: str) -> Spec:
-    """The spec of one register; every file in the folder is validated on the way."""
-    specs = load_specs(specs_dir)
-    if code not in specs:
-        known = ", ".join(sorted(specs)) or "none"
-        raise SpecError(specs_dir, "code", code, f"no spec has this code (known: {known})")
-    return specs[code]
+    """The spec of one register, usable whatever is wrong with other registers' files."""
+    folder = read_specs(specs_dir)
+    if code in folder.specs:
+        return folder.specs[code]
+    if code in folder.blocked:
+        raise folder.blocked[code]
+    known = ", ".join(sorted(folder.specs)) or "none"
+    unread = "".join(f"; {Path(e.path).name} could not be read" for e, _, _ in folder.errors)
+    raise SpecError(specs_dir, "code", code, f"no spec has this code (known: {known}{unread})")

@@ -349,6 +349,43 @@ def test_unknown_register_in_params_fails_before_any_delivery(airflow_home, sour
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("airflow")
+def test_a_broken_spec_file_stops_its_register_only_and_fails_the_run_with_an_alert(
+    airflow_home, source_url, tmp_path, two_population_specs
+):
+    """A typo in one register's spec must not stop the others' nightly deliveries: PHV is
+    delivered, PSYK2's file is named in the summary's failure and its alert."""
+    broken = two_population_specs / "psyk2.yaml"
+    broken.write_text(broken.read_text(encoding="utf-8") + "colour: blue\n", encoding="utf-8")
+    period = _two_years()
+    report, output = _run_dag(
+        airflow_home, tmp_path, source_url, conf=period, specs=two_population_specs
+    )
+
+    assert report["state"] == "failed"
+    tasks = _tasks(report)
+    assert tasks["deliver_priority_3[PHV]"]["state"] == "success"
+    assert tasks["deliver_priority_1"]["state"] == "skipped"  # PSYK2 not listed
+    assert tasks["summary"]["state"] == "failed"
+    assert "1 spec file(s) not used, their registers not delivered" in output
+    assert f"{broken}: key 'colour': value 'blue'" in output
+    assert "Task:      summary, try 1" in output  # the alert, logged: no recipients here
+    folder = tmp_path / "drops" / "PHV" / "population" / f"{period['period_from']}_{TODAY}"
+    assert _manifest(folder)["validation"]["success"] is True
+    assert not (tmp_path / "drops" / "PSYK2").exists()
+
+    report, output = _run_dag(
+        airflow_home,
+        tmp_path,
+        source_url,
+        conf={"registers": ["PSYK2"]},
+        specs=two_population_specs,
+    )
+    assert _tasks(report)["list_registers"]["state"] == "failed"
+    assert f"PSYK2: {broken}: key 'colour'" in output
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("airflow")
 def test_failed_validation_fails_the_run_at_once_and_publishes_nothing(airflow_home, tmp_path):
     """A copy of the source that lost npr_episode's primary key delivers each episode twice.
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from etl.spec import SpecError, find_spec, load_spec, load_specs
+from etl.spec import SpecError, find_spec, load_spec, read_specs
 
 REGISTERS = Path(__file__).resolve().parent.parent / "registers"
 
@@ -28,7 +28,9 @@ def write(folder: Path, document: dict, name: str = "test.yaml") -> Path:
 
 
 def test_shipped_specs_load():
-    specs = load_specs(REGISTERS)
+    folder = read_specs(REGISTERS)
+    assert folder.errors == ()
+    specs = folder.specs
     assert {"PHV", "PARKINSON", "NORKAR"} <= set(specs)
     assert specs["PHV"].delivery == "population"
     assert specs["PARKINSON"].delivery == "complement"
@@ -126,11 +128,56 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
         load_spec(path)
 
 
-def test_duplicate_register_codes_across_files(tmp_path):
+def test_two_files_with_one_code_block_that_code_and_only_that(tmp_path):
     write(tmp_path, GOOD, "a.yaml")
     write(tmp_path, GOOD, "b.yaml")
+    write(tmp_path, changed("code", "OTHER"), "c.yaml")
     with pytest.raises(SpecError, match=r"b\.yaml: key 'code': value 'TEST'.*a\.yaml"):
-        load_specs(tmp_path)
+        find_spec(tmp_path, "TEST")
+    assert find_spec(tmp_path, "OTHER").code == "OTHER"
+    folder = read_specs(tmp_path)
+    assert set(folder.specs) == {"OTHER"}
+    assert [e.path for e in folder.errors_for("population")] == [str(tmp_path / "b.yaml")]
+    assert folder.errors_for("complement") == []
+
+
+def test_a_broken_file_stops_only_its_own_register(tmp_path):
+    """One typo must not stop every register's nightly delivery: each file is read on its
+    own, and a broken file blocks the code it claims, read leniently where it can be."""
+    write(tmp_path, GOOD, "test.yaml")
+    write(tmp_path, changed("code", "OTHER") | {"colour": "blue"}, "other.yaml")
+    complement = changed("code", "THIRD") | {"delivery": "complement"}
+    write(tmp_path, complement | {"variables": ["fnr", "income"]}, "third.yaml")
+    folder = read_specs(tmp_path)
+    assert set(folder.specs) == {"TEST"}
+    assert find_spec(tmp_path, "TEST").code == "TEST"
+    with pytest.raises(SpecError, match=r"other\.yaml: key 'colour'"):
+        find_spec(tmp_path, "OTHER")
+    with pytest.raises(SpecError, match=r"third\.yaml: key 'variables\[1\]': value 'income'"):
+        find_spec(tmp_path, "THIRD")
+    assert [Path(e.path).name for e in folder.errors_for("population")] == ["other.yaml"]
+    assert [Path(e.path).name for e in folder.errors_for("complement")] == ["third.yaml"]
+
+
+def test_a_broken_copy_of_a_valid_spec_blocks_it(tmp_path):
+    """Two files claiming one code, one of them broken: which was approved is unknown, so
+    neither is used, and asking for the code gives the broken file's error."""
+    write(tmp_path, GOOD, "test.yaml")
+    write(tmp_path, changed("priority", 9), "test-new.yaml")
+    with pytest.raises(SpecError, match=r"test-new\.yaml: key 'priority': value 9"):
+        find_spec(tmp_path, "TEST")
+    assert read_specs(tmp_path).specs == {}
+
+
+def test_an_unreadable_file_concerns_every_delivery_type_and_is_named(tmp_path):
+    write(tmp_path, GOOD, "test.yaml")
+    (tmp_path / "broken.yaml").write_text("code: [unclosed\n", encoding="utf-8")
+    folder = read_specs(tmp_path)
+    assert set(folder.specs) == {"TEST"}
+    for delivery in ("population", "complement", "new_information"):
+        assert [Path(e.path).name for e in folder.errors_for(delivery)] == ["broken.yaml"]
+    with pytest.raises(SpecError, match=r"'NOPE'.*known: TEST; broken\.yaml could not be read"):
+        find_spec(tmp_path, "NOPE")
 
 
 def test_unknown_register_code(tmp_path):
