@@ -82,4 +82,8 @@ CREATE TABLE IF NOT EXISTS register_patient (
 CREATE INDEX IF NOT EXISTS npr_episode_received_at ON npr_episode (received_at);
 CREATE INDEX IF NOT EXISTS kpr_contact_received_at ON kpr_contact (received_at);
 CREATE INDEX IF NOT EXISTS reservation_fnr ON reservation (fnr);
-CREATE INDEX IF NOT EXISTS register_patient_registry_fnr ON register_patient (registry, fnr)
+CREATE INDEX IF NOT EXISTS register_patient_registry_fnr ON register_patient (registry, fnr);
+-- One case id per register. load-list refuses a file that repeats one; this keeps any other
+-- writer from adding one too, which would deliver each of that case's follow-ups twice.
+CREATE UNIQUE INDEX IF NOT EXISTS register_patient_registry_case
+    ON register_patient (registry, case_id);

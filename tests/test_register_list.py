@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from etl.fnr import individual_ranges, is_valid, synthetic
 from etl.register_list import MAX_REPORTED_PROBLEMS, ListRejected, load_list
@@ -267,6 +268,17 @@ def test_duplicate_case_ids_and_repeated_rows_refused(
         "row 3, case_id: the same case id as row 2",
         "row 4: repeats row 2",
     ]
+
+
+def test_the_database_refuses_a_second_row_of_one_case_whoever_writes_it(
+    source: Source,
+) -> None:
+    """load-list checks its file; the unique index (sql/schema.sql) stops other writers."""
+    first, second = source.person(), source.person()
+    source.listed("NKR", first, "C1", "2024-01-01")
+    source.listed("OTHER", second, "C1", "2024-01-01")  # another register's C1 is its own
+    with pytest.raises(IntegrityError):
+        source.listed("NKR", second, "C1", "2024-02-01")
 
 
 def test_missing_column_refused(source: Source, tmp_path: Path, earlier: list[Row]) -> None:
