@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from datetime import date, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
+from sqlalchemy import text
 
 from etl.deliver import DeliveryResult, deliver
 from etl.settings import Settings
+from etl.source import make_engine
 
 RUN_AT = datetime(2024, 6, 1, 12, 0, 0)
+
+
+def expected_pseudonym(key: str, code: str, fnr: str) -> str:
+    """CONTRACT.md section 3, computed here from the key, independently of etl.pseudonym:
+    HMAC-SHA256 over the register code, 0x1f and the number."""
+    message = code.encode("ascii") + b"\x1f" + fnr.encode("ascii")
+    return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def record_numbers(source_url: str) -> dict[tuple[str, int], str]:
+    """(source, record_id) -> fnr of every record of a source, to recompute pseudonyms."""
+    engine = make_engine(source_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT 'NPR', episode_id, fnr FROM npr_episode"
+                    " UNION ALL SELECT 'KPR', contact_id, fnr FROM kpr_contact"
+                )
+            )
+            return {(source, record_id): fnr for source, record_id, fnr in rows}
+    finally:
+        engine.dispose()
 
 
 def write_spec(folder: Path, **document: object) -> Path:

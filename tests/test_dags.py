@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import hmac
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from sqlalchemy import text
 
 from etl.source import make_engine
 from etl.synth import synthesize
+from tests.delivery_helpers import expected_pseudonym, record_numbers
 
 REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
@@ -451,12 +451,6 @@ def test_new_information_dag_delivers_norkar(airflow_home, source_url, tmp_path)
 # --- the pseudonymisation key -------------------------------------------------------------
 
 
-def _pseudonym(key: str, code: str, fnr: str) -> str:
-    """CONTRACT.md section 3, computed here from the key: HMAC-SHA256 over code, 0x1f, fnr."""
-    message = code.encode("ascii") + b"\x1f" + fnr.encode("ascii")
-    return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
-
-
 def _key_connection(password: str | None) -> dict[str, str]:
     """The connection leveranse_pseudonym in the JSON form of AIRFLOW_CONN_*."""
     fields = {"conn_type": "generic"} | ({} if password is None else {"password": password})
@@ -504,7 +498,7 @@ def test_a_task_takes_the_key_from_the_environment_else_the_connection(
     if used is None:
         assert report["refused"].startswith(refusal)
     else:
-        assert report["pseudonym"] == _pseudonym(keys[used], "TEST", report["fnr"])
+        assert report["pseudonym"] == expected_pseudonym(keys[used], "TEST", report["fnr"])
     for key in keys.values():
         assert key not in output and key not in json.dumps(report)
 
@@ -542,22 +536,6 @@ def no_fnr_source(tmp_path: Path) -> str:
     return url
 
 
-def _record_fnrs(url: str) -> dict[tuple[str, int], str]:
-    """(source, record_id) -> fnr of every record, to recompute the pseudonyms."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT 'NPR', episode_id, fnr FROM npr_episode"
-                    " UNION ALL SELECT 'KPR', contact_id, fnr FROM kpr_contact"
-                )
-            )
-            return {(source, record_id): fnr for source, record_id, fnr in rows}
-    finally:
-        engine.dispose()
-
-
 def _files_holding(needle: str, *roots: Path) -> list[Path]:
     """Every file under the roots whose bytes contain the needle."""
     return [
@@ -587,12 +565,12 @@ def test_pseudonyms_come_from_the_airflow_connection_and_the_key_is_written_nowh
     assert report["state"] == "success", output[-5000:]
     folder = tmp_path / "drops" / "PHV" / "population" / f"{period['period_from']}_{TODAY}"
     rows = pq.read_table(folder / _manifest(folder)["files"][0]["name"]).to_pylist()
-    fnrs = _record_fnrs(no_fnr_source)
+    fnrs = record_numbers(no_fnr_source)
     pseudonymised = [row for row in rows if row["source"] == "NPR"]
     assert pseudonymised, "no NPR row in the drop: nothing was pseudonymised"
     for row in pseudonymised:
         assert row["fnr"] is None
-        expected = _pseudonym(key, "PHV", fnrs[("NPR", row["record_id"])])
+        expected = expected_pseudonym(key, "PHV", fnrs[("NPR", row["record_id"])])
         assert row["pseudonym"] == expected
     assert key not in output, "the key is in the task log"
     # drops, state database, run report, and Airflow's home: metadata database and logs

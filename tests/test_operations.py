@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import re
@@ -39,6 +40,7 @@ from etl.period import Period
 from etl.reconcile import published_folders
 from etl.source import make_engine
 from etl.synth import synthesize
+from tests.delivery_helpers import expected_pseudonym, record_numbers
 
 REPO = Path(__file__).resolve().parent.parent
 TODAY = datetime.now(UTC).date()
@@ -408,6 +410,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, An
     from tests.ops_smtp import SmtpSink
     from tests.ops_stack import AirflowStack
 
+    specs = tmp_path_factory.mktemp("specs")  # a test may add a register for a while
+    for spec in (REPO / "registers").glob("*.yaml"):
+        shutil.copy(spec, specs / spec.name)
     with SmtpSink() as sink:
         connection = {
             "conn_type": "smtp",
@@ -422,6 +427,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, An
                 "LEVERANSE_ALERT_EMAIL": ALERT_TO,
                 "LEVERANSE_ALERT_FROM": "leveranse@example.test",
                 "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(connection),
+                "LEVERANSE_SPECS_DIR": str(specs),
             },
         )
         try:
@@ -572,6 +578,98 @@ def test_failures_alert_by_mail_with_register_period_and_reason(services):
         # the failed summaries did not alert again: each cause has said it all
         time.sleep(5)
         assert len(sink.messages) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.xdist_group("airflow-services")
+def test_a_celery_worker_takes_the_key_from_a_connection_an_operator_stored_in_airflow(
+    services,
+):
+    """The deployment's own path for the key: an operator stores the connection
+    leveranse_pseudonym in Airflow (UI or REST API, so in the metadata database, encrypted
+    with the Fernet key), and the Celery worker reads it through the execution API. The
+    worker has no LEVERANSE_PSEUDONYM_KEY; the key ends up in no log and no drop."""
+    stack, _ = services
+    key = hashlib.sha256(b"the operator's connection in the metadata database").hexdigest()
+    specs = Path(stack.env["LEVERANSE_SPECS_DIR"])
+    document = yaml.safe_load((specs / "phv.yaml").read_text(encoding="utf-8"))
+    document |= {"code": "PHVPSEUDO", "name": "PHV, pseudonymising", "priority": 4}
+    document["reservations"]["no_fnr"] = "pseudonymise"
+    added = specs / "phvpseudo.yaml"
+    added.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    assert "LEVERANSE_PSEUDONYM_KEY" not in stack.env
+    added_reservations = _no_fnr_for_everyone(stack.source_url)
+    try:
+        with explained(stack):
+            stack.api(
+                "POST",
+                "/api/v2/connections",
+                {"connection_id": "leveranse_pseudonym", "conn_type": "generic", "password": key},
+            )
+            period_from = TODAY - timedelta(days=730)
+            conf = {"registers": ["PHVPSEUDO"], "period_from": str(period_from)}
+            run_id = stack.trigger("define_population", conf)
+            assert stack.wait_for_run("define_population", run_id, RUN_TIMEOUT) == "success"
+            folder = stack.drop_dir / "PHVPSEUDO" / "population" / f"{period_from}_{TODAY}"
+            manifest = _manifest(folder)
+            rows = pq.read_table(folder / manifest["files"][0]["name"]).to_pylist()
+            numbers = record_numbers(stack.source_url)
+            pseudonymised = [row for row in rows if row["source"] == "NPR"]
+            assert pseudonymised, "no NPR row in the drop: nothing was pseudonymised"
+            for row in pseudonymised:
+                assert row["fnr"] is None
+                number = numbers[(row["source"], row["record_id"])]
+                assert row["pseudonym"] == expected_pseudonym(key, "PHVPSEUDO", number)
+            leaked = [
+                path
+                for root in (stack.logs, stack.home / "logs", stack.drop_dir)
+                for path in root.rglob("*")
+                if path.is_file() and key.encode() in path.read_bytes()
+            ]
+            assert leaked == []
+    finally:
+        added.unlink()
+        stack.api("DELETE", "/api/v2/connections/leveranse_pseudonym")
+        _remove_reservations(stack.source_url, added_reservations)
+
+
+def _no_fnr_for_everyone(source_url: str) -> range:
+    """Every person with NPR episodes reserves against NPR handing out their number, so
+    every NPR row of a pseudonymising register carries a pseudonym; returns the new ids."""
+    engine = make_engine(source_url)
+    try:
+        with engine.begin() as conn:
+            first = conn.execute(
+                text("SELECT COALESCE(MAX(reservation_id), 0) + 1 FROM reservation")
+            )
+            first_id = first.scalar()
+            added = conn.execute(
+                text(
+                    "INSERT INTO reservation (reservation_id, fnr, registry, scope, registered_at)"
+                    " SELECT :first + ROW_NUMBER() OVER (ORDER BY fnr) - 1, fnr, 'NPR', 'NO_FNR',"
+                    " '2000-01-01 00:00:00' FROM (SELECT DISTINCT fnr FROM npr_episode) persons"
+                ),
+                {"first": first_id},
+            )
+            return range(first_id, first_id + added.rowcount)
+    finally:
+        engine.dispose()
+
+
+def _remove_reservations(source_url: str, ids: range) -> None:
+    engine = make_engine(source_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "DELETE FROM reservation"
+                    " WHERE reservation_id >= :low AND reservation_id < :high"
+                ),
+                {"low": ids.start, "high": ids.stop},
+            )
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.slow
