@@ -633,7 +633,7 @@ def _known_registers() -> dict[str, tuple[str, str]]:
     break the DAG: it listens to the other registers and says which file it skipped.
     """
     folder = read_specs(Settings.resolve().specs_dir)
-    for error, _, _ in folder.errors:
+    for error in dict.fromkeys(str(error) for error, _, _ in folder.errors):
         log.warning("drop notices skip a spec file: %s", error)
     return {
         drop_asset(code, spec.delivery).name: (code, spec.delivery)

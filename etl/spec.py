@@ -341,7 +341,8 @@ class SpecFolder:
     specs: dict[str, Spec]
     # Codes a broken or duplicate file claims, with the error that blocks them.
     blocked: dict[str, SpecError]
-    # Every unusable file, each with the (code, delivery) it claims where that can be read.
+    # Every unusable file with the (code, delivery) it concerns where that can be read; a
+    # file that blocks registers of several delivery types is listed once for each.
     errors: tuple[tuple[SpecError, str | None, str | None], ...]
 
     def errors_for(self, delivery: str) -> list[SpecError]:
@@ -384,9 +385,15 @@ def read_specs(specs_dir: Path) -> SpecFolder:
             duplicate = SpecError(other.path, "code", code, f"is also the code of {found[0].path}")
             errors.append((duplicate, code, other.delivery))
             blocked.setdefault(code, duplicate)
-        if code in blocked:
+        if code not in blocked:
+            specs[code] = found[0]
             continue
-        specs[code] = found[0]
+        # The blocked registers' own delivery types must hear of it too, whatever type the
+        # file that blocks them claims.
+        for spec in found:
+            concern = (blocked[code], code, spec.delivery)
+            if concern not in errors:
+                errors.append(concern)
     return SpecFolder(specs, blocked, tuple(errors))
 
 
@@ -398,5 +405,8 @@ def find_spec(specs_dir: Path, code: str) -> Spec:
     if code in folder.blocked:
         raise folder.blocked[code]
     known = ", ".join(sorted(folder.specs)) or "none"
-    unread = "".join(f"; {Path(e.path).name} could not be read" for e, _, _ in folder.errors)
+    unread = "".join(
+        f"; {name} could not be read"
+        for name in dict.fromkeys(Path(e.path).name for e, _, _ in folder.errors)
+    )
     raise SpecError(specs_dir, "code", code, f"no spec has this code (known: {known}{unread})")

@@ -169,6 +169,18 @@ def test_a_broken_copy_of_a_valid_spec_blocks_it(tmp_path):
     assert read_specs(tmp_path).specs == {}
 
 
+def test_a_blocked_register_is_reported_to_its_own_delivery_type(tmp_path):
+    """A copy claiming the code under another delivery type blocks the register; both
+    types' runs must hear of it, or the blocked register would silently go undelivered."""
+    write(tmp_path, GOOD, "test.yaml")
+    write(tmp_path, changed("delivery", "complement") | {"colour": "blue"}, "copy.yaml")
+    folder = read_specs(tmp_path)
+    assert folder.specs == {}
+    for delivery in ("population", "complement"):
+        assert [Path(e.path).name for e in folder.errors_for(delivery)] == ["copy.yaml"]
+    assert folder.errors_for("new_information") == []
+
+
 def test_an_unreadable_file_concerns_every_delivery_type_and_is_named(tmp_path):
     write(tmp_path, GOOD, "test.yaml")
     (tmp_path / "broken.yaml").write_text("code: [unclosed\n", encoding="utf-8")
