@@ -98,11 +98,18 @@ class ValidationReport:
 
 @dataclass
 class ReservationGuard:
-    """The reservations that keep people out of a delivery, read independently."""
+    """The reservations that keep people out of a delivery, read independently.
+
+    The sets hold every person with such a reservation, nationwide: far more than the rows
+    of a night. ``allowed`` therefore looks each row up in the sets, a cost that follows
+    the rows checked, rather than hashing the sets for every batch (``Series.isin`` does),
+    and pseudonymises the reserved persons once per guard, not once per batch.
+    """
 
     opt_out: set[str]
     no_purpose2: set[str]
     no_fnr: dict[str, set[str]]
+    _pseudonyms: dict[str, tuple[Pseudonymiser, set[str]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, conn: Connection, spec: Spec, as_of: datetime) -> ReservationGuard:
@@ -118,22 +125,35 @@ class ReservationGuard:
                     guard.no_fnr[registry].add(person)
         return guard
 
+    def _pseudonyms_of(self, name: str, people: set[str], pseudonymiser: Pseudonymiser) -> set[str]:
+        """The pseudonyms of one set of reserved persons, computed once per pseudonymiser."""
+        cached = self._pseudonyms.get(name)
+        if cached is None or cached[0] is not pseudonymiser:
+            cached = (pseudonymiser, {pseudonymiser(p) for p in people})
+            self._pseudonyms[name] = cached
+        return cached[1]
+
     def allowed(self, frame: pd.DataFrame, pseudonymiser: Pseudonymiser | None) -> pd.Series:
         """Per row: True when no active reservation keeps this row out."""
-        fnr = frame["fnr"]
-        pseudonym = frame["pseudonym"] if "pseudonym" in frame else pd.Series(None, frame.index)
+        fnr = frame["fnr"].to_numpy(dtype=object)
+        pseudonym = frame["pseudonym"].to_numpy(dtype=object) if "pseudonym" in frame else None
 
-        def hit(people: set[str]) -> pd.Series:
-            by_number = fnr.isin(people)
-            if pseudonymiser is None:
+        def member(values: np.ndarray, found: set[str]) -> np.ndarray:
+            return np.fromiter((v in found for v in values), dtype=bool, count=len(values))
+
+        def hit(name: str, people: set[str]) -> np.ndarray:
+            by_number = member(fnr, people)
+            if pseudonymiser is None or pseudonym is None:
                 return by_number
-            return by_number | pseudonym.isin({pseudonymiser(p) for p in people})
+            return by_number | member(pseudonym, self._pseudonyms_of(name, people, pseudonymiser))
 
-        kpr = frame["source"] == "KPR"
-        blocked = hit(self.opt_out) | (kpr & hit(self.no_purpose2))
-        for source, people in self.no_fnr.items():
-            blocked |= (frame["source"] == source) & fnr.isin(people)
-        return ~blocked
+        source = frame["source"].to_numpy(dtype=object)
+        blocked = hit("opt_out", self.opt_out) | (
+            (source == "KPR") & hit("no_purpose2", self.no_purpose2)
+        )
+        for name, people in self.no_fnr.items():
+            blocked |= (source == name) & member(fnr, people)
+        return pd.Series(~blocked, index=frame.index)
 
 
 def _qualifies(codes: list[str], spec: Spec, event: str | None) -> bool:

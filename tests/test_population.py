@@ -16,6 +16,7 @@ import pytest
 
 from etl.audit import DisclosureLog
 from etl.deliver import utc_now
+from etl.pseudonym import Pseudonymiser
 from etl.reservations import ReservationsStale
 from etl.spec import SpecError, parse_spec
 from etl.validate import ReservationGuard, ValidationFailed
@@ -425,6 +426,39 @@ def test_guard_catches_a_reserved_person_the_selection_let_through(source, tmp_p
         {"source": ["NPR", "KPR", "NPR"], "fnr": [reserved, reserved, source.person()]}
     )
     assert guard.allowed(frame, None).tolist() == [False, False, True]
+
+
+def test_guard_checks_each_rule_by_number_and_by_pseudonym_for_every_batch():
+    """Section 1's table as the guard applies it to the rows of a file: OPT_OUT everywhere,
+    NO_PURPOSE2 on KPR rows only, NO_FNR on its own source's rows only; a pseudonymised row
+    (no fnr) is caught by its pseudonym. A later batch, or another key, gives the same."""
+    opt_out, kpr_only, npr_no_fnr, free = "80000000001", "80000000002", "80000000003", "8" * 11
+    guard = ReservationGuard({opt_out}, {kpr_only}, {"NPR": {npr_no_fnr}, "KPR": set()})
+    for key in (b"a" * 32, b"b" * 32):
+        pseudonymiser = Pseudonymiser(key, "TESTPOP")
+        frame = pd.DataFrame(
+            {
+                "source": ["NPR", "KPR", "NPR", "KPR", "NPR", "KPR", "NPR", "NPR"],
+                "fnr": [opt_out, None, kpr_only, kpr_only, npr_no_fnr, npr_no_fnr, free, None],
+                "pseudonym": [
+                    None,
+                    pseudonymiser(opt_out),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    pseudonymiser(free),
+                ],
+            }
+        )
+        for _ in range(2):
+            allowed = guard.allowed(frame, pseudonymiser).tolist()
+            assert allowed == [False, False, True, False, False, True, True, True]
+    without_pseudonyms = frame.drop(columns="pseudonym")
+    assert guard.allowed(without_pseudonyms, None).tolist() == [
+        False, True, True, False, False, True, True, True
+    ]  # fmt: skip
 
 
 def test_source_anomalies_are_delivered_counted_or_ignored(source, tmp_path):
