@@ -414,6 +414,37 @@ def test_duplicate_source_episode_fails_validation_and_is_quarantined(tmp_path):
     source.engine.dispose()
 
 
+def test_validation_in_batches_adds_up_and_sees_a_duplicate_split_over_two(tmp_path, monkeypatch):
+    """Validation runs batch by batch (etl.deliver.VALIDATION_BATCH_ROWS) to bound memory;
+    counts are added over the batches, and a record key repeated across a batch boundary
+    fails like one repeated within a batch."""
+    monkeypatch.setattr("etl.deliver.VALIDATION_BATCH_ROWS", 2)
+    source = Source(f"sqlite:///{tmp_path / 'source.db'}")
+    source.synced(utc_now())
+    source.raw("ALTER TABLE npr_episode RENAME TO npr_episode_pk")
+    source.raw("CREATE TABLE npr_episode AS SELECT * FROM npr_episode_pk WHERE 0")
+    first = source.episode(source.person())
+    repeated = source.episode(source.person())  # rows 2 and 3: batches 1 and 2
+    last = source.episode(source.person())
+    source.raw(
+        "INSERT INTO npr_episode SELECT * FROM npr_episode WHERE episode_id = :id", id=repeated
+    )
+    assert first < repeated < last
+    specs = write_spec(tmp_path / "specs", **population_spec())
+    with pytest.raises(ValidationFailed):
+        run_delivery(settings_for(source.url, tmp_path, specs))
+    (evidence,) = (tmp_path / "drops" / "_quarantine" / "TESTPOP" / "population").iterdir()
+    results = json.loads((evidence / "validation_report.json").read_text())["results"]
+    by_name = {r["expectation"]: r for r in results}
+    unique = by_name["expect_column_values_to_be_unique(_key)"]
+    assert (unique["element_count"], unique["unexpected_count"]) == (4, 2)
+    assert [r["expectation"] for r in results if not r["success"]] == [
+        "expect_column_values_to_be_unique(_key)"
+    ]
+    assert all(r["element_count"] in (4, None) for r in results)
+    source.engine.dispose()
+
+
 def test_guard_catches_a_reserved_person_the_selection_let_through(source, tmp_path):
     """The guard reads reservations on its own: a delivered row of a reserved person fails."""
     reserved = source.person()
