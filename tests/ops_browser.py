@@ -41,6 +41,12 @@ FLAGS = [
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 ]
+# What Chromium answers an evaluation that meets a navigation half way.
+NAVIGATING = (
+    "Inspected target navigated or closed",
+    "Execution context was destroyed",
+    "Cannot find context with specified id",
+)
 
 
 class BrowserError(RuntimeError):
@@ -132,9 +138,20 @@ class Browser:
     def goto(self, url: str) -> None:
         self.call("Page.navigate", {"url": url})
 
+    def _while_loading(self, expression: str) -> Any:
+        """evaluate(), or None while the page is between documents: an evaluation that
+        meets a navigation (the redirect after signing in) fails with one of these, and a
+        wait should look again rather than fail."""
+        try:
+            return self.evaluate(expression)
+        except BrowserError as error:
+            if any(sign in str(error) for sign in NAVIGATING):
+                return None
+            raise
+
     def text(self) -> str:
-        """What the page shows, as a reader sees it."""
-        return self.evaluate("document.body ? document.body.innerText : ''") or ""
+        """What the page shows, as a reader sees it (empty while it is loading)."""
+        return self._while_loading("document.body ? document.body.innerText : ''") or ""
 
     def wait_for_text(self, *needles: str, timeout: float = 60) -> str:
         """The page's text once it shows every needle; BrowserError with the text otherwise."""
@@ -154,7 +171,7 @@ class Browser:
     def wait_for(self, expression: str, timeout: float = 60) -> Any:
         """The value of a JavaScript expression once it is truthy."""
         deadline = time.monotonic() + timeout
-        while not (value := self.evaluate(expression)):
+        while not (value := self._while_loading(expression)):
             if time.monotonic() > deadline:
                 raise BrowserError(f"{expression} still false after {timeout} s")
             time.sleep(0.5)
