@@ -632,6 +632,24 @@ def test_a_celery_worker_takes_the_key_from_a_connection_an_operator_stored_in_a
         added.unlink()
         stack.api("DELETE", "/api/v2/connections/leveranse_pseudonym")
         _remove_reservations(stack.source_url, added_reservations)
+        _reparsed_without(stack, "define_population", "PHVPSEUDO")
+
+
+def _reparsed_without(stack: Any, dag_id: str, code: str) -> None:
+    """Have the DAG processor parse the DAG file again and wait until its trigger form no
+    longer offers ``code``: the form's suggestions are read at parse time, and the next
+    test looks at them."""
+
+    def offered() -> list[str]:
+        details = stack.api("GET", f"/api/v2/dags/{dag_id}/details")
+        return details["params"]["registers"]["schema"].get("examples", [])
+
+    details = stack.api("GET", f"/api/v2/dags/{dag_id}/details")
+    stack.api("PUT", f"/api/v2/parseDagFile/{details['file_token']}")
+    deadline = time.monotonic() + 120
+    while code in offered():
+        assert time.monotonic() < deadline, f"{dag_id} still offers {code} after 120 s"
+        time.sleep(2)
 
 
 def _no_fnr_for_everyone(source_url: str) -> range:
