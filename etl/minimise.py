@@ -68,6 +68,10 @@ EVIDENCE_SCHEMA = pa.schema(
         ("codes", pa.list_(pa.string())),
         ("event_date", pa.date32()),
         ("index_date", pa.date32()),
+        # what the selection's filters look at (sectors, min_age), delivered or not
+        ("sector", pa.string()),
+        ("start_date", pa.date32()),
+        ("birth_year", pa.int16()),
     ]
 )
 
@@ -166,6 +170,9 @@ def shape(batch: pa.RecordBatch, spec: Spec, pseudonymiser: Pseudonymiser | None
             pa.array(evidence_codes, pa.list_(pa.string())),
             optional("event_date", pa.date32()),
             optional("index_date", pa.date32()),
+            batch.column("sector").cast(pa.string()),
+            batch.column("start_date").cast(pa.date32()),
+            batch.column("birth_year").cast(pa.int16()),
         ],
         schema=EVIDENCE_SCHEMA,
     )

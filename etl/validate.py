@@ -177,6 +177,22 @@ def _qualifies(codes: list[str], spec: Spec, event: str | None) -> bool:
     return False
 
 
+def _admitted(evidence: pd.DataFrame, spec: Spec) -> pd.Series:
+    """Per row: whether the selection's filters admit its record (CONTRACT.md section 2):
+    an NPR record's sector among ``sectors``, and the record's year minus the birth year at
+    least ``min_age`` (an unknown birth year never is). Follow-ups are exempt: they are every
+    NPR record with a follow-up code (section 4)."""
+    admitted = pd.Series(True, index=evidence.index)
+    selection = spec.selection
+    if selection.sectors:
+        npr = evidence["source"] == "NPR"
+        admitted &= ~npr | evidence["sector"].isin(selection.sectors)
+    if selection.min_age is not None:
+        age = pd.to_datetime(evidence["start_date"]).dt.year - evidence["birth_year"]
+        admitted &= (age >= selection.min_age).fillna(False).astype(bool)
+    return admitted
+
+
 def _follow_up_checks(frame: pd.DataFrame, evidence: pd.DataFrame, spec: Spec) -> None:
     """new_information: case_id exactly on follow_up rows, and each follow-up in its window."""
     if spec.follow_up is None:
@@ -212,10 +228,13 @@ def check_frame(
         lambda v: v is None or pd.isna(v) or fnr_rules.is_valid(v)
     )
     events = frame["event"] if "event" in frame else pd.Series(None, frame.index, dtype=object)
-    frame["_qualifies"] = [
+    by_codes = [
         _qualifies(list(codes), spec, event)
         for codes, event in zip(evidence["codes"], events, strict=True)
     ]
+    follow_up = pd.Series([event == "follow_up" for event in events], index=frame.index)
+    admitted = _admitted(evidence, spec).to_numpy()
+    frame["_qualifies"] = pd.Series(by_codes, index=frame.index) & (follow_up | admitted)
     start, end = period.bounds()
     received = pd.to_datetime(evidence["received_at"])
     frame["_in_period"] = (received >= start) & (received < end)

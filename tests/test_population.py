@@ -16,6 +16,7 @@ import pytest
 
 from etl.audit import DisclosureLog
 from etl.deliver import utc_now
+from etl.extract import parameters
 from etl.pseudonym import Pseudonymiser
 from etl.reservations import ReservationsStale
 from etl.spec import SpecError, parse_spec
@@ -443,6 +444,34 @@ def test_validation_in_batches_adds_up_and_sees_a_duplicate_split_over_two(tmp_p
     ]
     assert all(r["element_count"] in (4, None) for r in results)
     source.engine.dispose()
+
+
+def test_validation_catches_a_record_the_selections_filters_should_have_left_out(
+    source, tmp_path, monkeypatch
+):
+    """Validation re-checks sectors and min_age from the evidence, independently of the
+    SQL: with the query's filters switched off, a somatic episode and a child's contact
+    reach the staged file, and nothing is published."""
+
+    def without_filters(*args: object, **kwargs: object) -> dict:
+        return parameters(*args, **kwargs) | {"any_sector": 1, "min_age": None}
+
+    monkeypatch.setattr("etl.deliver.parameters", without_filters)
+    source.episode(source.person(), sector="SOM")
+    child = source.person(born=date(2012, 1, 1))
+    source.contact(child, birth_year=2012)
+    source.episode(source.person())  # admitted
+    specs = write_spec(tmp_path / "specs", **population_spec(selection={
+        "icd10": ["F20-F29"], "icpc2": ["P72"], "min_age": 18, "sectors": ["PHV"]
+    }))  # fmt: skip
+    with pytest.raises(ValidationFailed):
+        run_delivery(settings_for(source.url, tmp_path, specs))
+    (evidence,) = (tmp_path / "drops" / "_quarantine" / "TESTPOP" / "population").iterdir()
+    results = json.loads((evidence / "validation_report.json").read_text())["results"]
+    (qualifies,) = [r for r in results if r["expectation"].endswith("(_qualifies)")]
+    assert (qualifies["element_count"], qualifies["unexpected_count"]) == (3, 2)
+    assert [r["expectation"] for r in results if not r["success"]] == [qualifies["expectation"]]
+    assert not (tmp_path / "drops" / "TESTPOP").exists()
 
 
 def test_guard_catches_a_reserved_person_the_selection_let_through(source, tmp_path):
