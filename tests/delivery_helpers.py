@@ -42,6 +42,29 @@ def record_numbers(source_url: str) -> dict[tuple[str, int], str]:
         engine.dispose()
 
 
+def reserve_no_fnr_for_every_npr_person(source_url: str) -> range:
+    """Every person with NPR episodes reserves against NPR handing out their number
+    (NO_FNR, since 2000), so every NPR row of a pseudonymising register must carry a
+    pseudonym; returns the new reservations' ids."""
+    engine = make_engine(source_url)
+    try:
+        with engine.begin() as conn:
+            first = conn.execute(
+                text("SELECT COALESCE(MAX(reservation_id), 0) + 1 FROM reservation")
+            ).scalar()
+            added = conn.execute(
+                text(
+                    "INSERT INTO reservation (reservation_id, fnr, registry, scope, registered_at)"
+                    " SELECT :first + ROW_NUMBER() OVER (ORDER BY fnr) - 1, fnr, 'NPR', 'NO_FNR',"
+                    " '2000-01-01 00:00:00' FROM (SELECT DISTINCT fnr FROM npr_episode) persons"
+                ),
+                {"first": first},
+            )
+            return range(first, first + added.rowcount)
+    finally:
+        engine.dispose()
+
+
 def write_spec(folder: Path, **document: object) -> Path:
     """A spec file in its own folder; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)

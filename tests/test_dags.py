@@ -36,7 +36,11 @@ from sqlalchemy import text
 
 from etl.source import make_engine
 from etl.synth import synthesize
-from tests.delivery_helpers import expected_pseudonym, record_numbers
+from tests.delivery_helpers import (
+    expected_pseudonym,
+    record_numbers,
+    reserve_no_fnr_for_every_npr_person,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DAGS = REPO / "dags"
@@ -519,20 +523,7 @@ def no_fnr_source(tmp_path: Path) -> str:
     """A synthetic source where every person with NPR episodes has reserved against NPR
     handing out their number (NO_FNR), so every NPR row for PHV must carry a pseudonym."""
     url = _synthetic_source(tmp_path / "source.db")
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            first = conn.execute(text("SELECT COALESCE(MAX(reservation_id), 0) FROM reservation"))
-            conn.execute(
-                text(
-                    "INSERT INTO reservation (reservation_id, fnr, registry, scope, registered_at)"
-                    " SELECT :first + ROW_NUMBER() OVER (ORDER BY fnr), fnr, 'NPR', 'NO_FNR',"
-                    " '2000-01-01 00:00:00' FROM (SELECT DISTINCT fnr FROM npr_episode)"
-                ),
-                {"first": first.scalar()},
-            )
-    finally:
-        engine.dispose()
+    reserve_no_fnr_for_every_npr_person(url)
     return url
 
 

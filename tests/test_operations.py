@@ -40,7 +40,11 @@ from etl.period import Period
 from etl.reconcile import published_folders
 from etl.source import make_engine
 from etl.synth import synthesize
-from tests.delivery_helpers import expected_pseudonym, record_numbers
+from tests.delivery_helpers import (
+    expected_pseudonym,
+    record_numbers,
+    reserve_no_fnr_for_every_npr_person,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TODAY = datetime.now(UTC).date()
@@ -599,7 +603,7 @@ def test_a_celery_worker_takes_the_key_from_a_connection_an_operator_stored_in_a
     added = specs / "phvpseudo.yaml"
     added.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
     assert "LEVERANSE_PSEUDONYM_KEY" not in stack.env
-    added_reservations = _no_fnr_for_everyone(stack.source_url)
+    added_reservations = reserve_no_fnr_for_every_npr_person(stack.source_url)
     try:
         with explained(stack):
             stack.api(
@@ -650,29 +654,6 @@ def _reparsed_without(stack: Any, dag_id: str, code: str) -> None:
     while code in offered():
         assert time.monotonic() < deadline, f"{dag_id} still offers {code} after 120 s"
         time.sleep(2)
-
-
-def _no_fnr_for_everyone(source_url: str) -> range:
-    """Every person with NPR episodes reserves against NPR handing out their number, so
-    every NPR row of a pseudonymising register carries a pseudonym; returns the new ids."""
-    engine = make_engine(source_url)
-    try:
-        with engine.begin() as conn:
-            first = conn.execute(
-                text("SELECT COALESCE(MAX(reservation_id), 0) + 1 FROM reservation")
-            )
-            first_id = first.scalar()
-            added = conn.execute(
-                text(
-                    "INSERT INTO reservation (reservation_id, fnr, registry, scope, registered_at)"
-                    " SELECT :first + ROW_NUMBER() OVER (ORDER BY fnr) - 1, fnr, 'NPR', 'NO_FNR',"
-                    " '2000-01-01 00:00:00' FROM (SELECT DISTINCT fnr FROM npr_episode) persons"
-                ),
-                {"first": first_id},
-            )
-            return range(first_id, first_id + added.rowcount)
-    finally:
-        engine.dispose()
 
 
 def _remove_reservations(source_url: str, ids: range) -> None:
